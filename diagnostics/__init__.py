@@ -1,0 +1,1 @@
+"""The science: one module per diagnostic, pure functions returning result dataclasses."""
