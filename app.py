@@ -1,0 +1,13 @@
+"""Orthoscope dashboard entry point: navigation, the shared sidebar, nothing computed here."""
+
+import streamlit as st
+
+st.set_page_config(page_title="Orthoscope", page_icon=":material/blur_on:", layout="wide")
+
+PAGES = [
+    st.Page("pages/overview.py", title="Model overview", icon=":material/table_chart:", default=True),
+    st.Page("pages/report_viewer.py", title="Open a report", icon=":material/folder_open:"),
+]
+
+page = st.navigation(PAGES)
+page.run()

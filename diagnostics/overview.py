@@ -1,0 +1,81 @@
+"""Model overview: every stored tensor, its size and norm, and what the analysis does with it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import pandas as pd
+import torch
+
+from diagnostics.result import Result
+from models import ModelHandle
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class OverviewResult(Result):
+    diagnostic: ClassVar[str] = "overview"
+    kind: str
+    num_params: int
+    tensors: list  # one dict per stored tensor, the columns of tensors.csv
+    params_by_block: dict
+    params_by_kind: dict
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.tensors, columns=list(TENSOR_COLUMNS))
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"tensors": self.to_frame()}
+
+
+TENSOR_COLUMNS = ("name", "shape", "dtype", "numel", "norm", "analysed", "reason", "kind", "block")
+
+
+def run(handle: ModelHandle, params: dict | None = None, progress: Progress | None = None) -> OverviewResult:
+    """Read each tensor once (streamed) for its Frobenius norm, computed in float64."""
+    start = time.perf_counter()
+    rows = handle.tensor_rows()
+    tensors = []
+    for i, row in enumerate(rows):
+        data = handle.source.get(row.name)
+        if data.is_floating_point():
+            norm = float(torch.linalg.vector_norm(data.to(torch.float64)))
+        else:
+            norm = float("nan")
+        del data
+        tensors.append(
+            {
+                "name": row.name, "shape": "x".join(map(str, row.shape)) or "scalar", "dtype": row.dtype,
+                "numel": row.numel, "norm": norm, "analysed": row.analysed, "reason": row.reason,
+                "kind": row.kind, "block": row.block,
+            }
+        )
+        if progress is not None:
+            progress((i + 1) / len(rows), f"{row.name}")
+    params_by_block: dict[str, int] = {}
+    params_by_kind: dict[str, int] = {}
+    for row in rows:
+        block = row.block if row.analysed else _block_for_skipped(row.name)
+        params_by_block[block] = params_by_block.get(block, 0) + row.numel
+        kind = row.kind if row.analysed else "norms, biases, buffers"
+        params_by_kind[kind] = params_by_kind.get(kind, 0) + row.numel
+    return OverviewResult(
+        model_name=handle.name,
+        fingerprint=handle.fingerprint,
+        params=dict(params or {}),
+        timings={"total_s": time.perf_counter() - start},
+        kind=handle.kind,
+        num_params=handle.num_params,
+        tensors=tensors,
+        params_by_block=params_by_block,
+        params_by_kind=params_by_kind,
+    )
+
+
+def _block_for_skipped(name: str) -> str:
+    from models.matrices import block_of
+
+    return block_of(name)

@@ -1,0 +1,54 @@
+"""The overview diagnostic: every tensor listed, norms computed in float64, sums consistent."""
+
+import math
+
+import torch
+from safetensors.torch import save_file
+
+from diagnostics import overview
+from models import load
+
+
+def test_overview_lists_every_tensor_with_norms_and_fates(tmp_path):
+    tensors = {
+        "layers.0.mlp.up_proj.weight": torch.arange(64 * 32, dtype=torch.float32).reshape(64, 32) / 100,
+        "layers.0.mlp.up_proj.bias": torch.ones(64),
+        "layers.1.self_attn.q_proj.weight": torch.eye(32),
+        "position_ids": torch.arange(10),
+    }
+    path = tmp_path / "m.safetensors"
+    save_file(tensors, path)
+    result = overview.run(load(str(path)))
+    frame = result.to_frame().set_index("name")
+
+    assert set(frame.index) == set(tensors)
+    w = tensors["layers.0.mlp.up_proj.weight"].double()
+    assert math.isclose(frame.loc["layers.0.mlp.up_proj.weight", "norm"], float(w.norm()), rel_tol=1e-12)
+    assert frame.loc["layers.1.self_attn.q_proj.weight", "norm"] == math.sqrt(32)
+    assert math.isnan(frame.loc["position_ids", "norm"])
+    assert bool(frame.loc["layers.0.mlp.up_proj.weight", "analysed"])
+    assert frame.loc["layers.0.mlp.up_proj.bias", "reason"].startswith("1-D")
+    assert frame.loc["position_ids", "reason"].startswith("not floating point")
+    assert result.num_params == sum(t.numel() for t in tensors.values())
+    assert sum(result.params_by_block.values()) == result.num_params
+    assert sum(result.params_by_kind.values()) == result.num_params
+    assert result.params_by_block["0"] == 64 * 32 + 64
+    assert result.params_by_kind["attention-q"] == 32 * 32
+
+
+def test_overview_reports_progress_to_the_end(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.zeros(16, 16), "b.weight": torch.zeros(16, 16)}, path)
+    seen = []
+    overview.run(load(str(path)), progress=lambda f, m: seen.append((f, m)))
+    assert [f for f, _ in seen] == [0.5, 1.0]
+    assert {m for _, m in seen} == {"a.weight", "b.weight"}
+
+
+def test_overview_result_round_trips_through_its_dict(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.randn(16, 16), "ids": torch.arange(3)}, path)
+    result = overview.run(load(str(path)))
+    again = overview.OverviewResult.from_dict(result.to_dict())
+    assert again.to_dict() == result.to_dict()
+    assert again.tensors[0]["name"] == result.tensors[0]["name"]
