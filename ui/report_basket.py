@@ -31,7 +31,7 @@ def sidebar() -> None:
     for i, r in enumerate(items):
         cols = st.sidebar.columns([5, 1])
         cols[0].caption(f"{i + 1}. {r.diagnostic}: {r.model_name}")
-        cols[1].button("✕", key=f"report_remove_{i}", help="remove from the report", on_click=items.pop, args=(i,))
+        cols[1].button("", icon=":material/close:", key=f"report_remove_{i}", help="remove from the report", on_click=items.pop, args=(i,))
     st.sidebar.download_button("report.html", data=lambda: reports.to_html(items), file_name="report.html",
                                mime="text/html", key="dl_html", icon=":material/download:")
     st.sidebar.download_button("report.json", data=lambda: reports.to_json(items), file_name="report.json",

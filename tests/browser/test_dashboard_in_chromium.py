@@ -1,0 +1,27 @@
+"""Open the running dashboard in chromium, use the overview page, download report.html."""
+
+import re
+
+from playwright.sync_api import Page, expect
+
+
+def test_overview_chart_and_report_download(page: Page, app_url, tmp_path):
+    page.goto(app_url)
+    # The default built-in model is picked in the sidebar and the overview draws its charts.
+    expect(page.get_by_text("all-MiniLM-L6-v2").first).to_be_visible(timeout=120_000)
+    expect(page.get_by_text("Parameters per block")).to_be_visible(timeout=120_000)
+    expect(page.locator(".js-plotly-plot").first).to_be_visible()
+    expect(page.get_by_text("22,713,728", exact=True)).to_be_visible()
+
+    page.get_by_role("button", name=re.compile("Add to report")).click()
+    download_button = page.get_by_role("button", name="report.html")
+    expect(download_button).to_be_visible(timeout=60_000)
+    with page.expect_download(timeout=60_000) as info:
+        download_button.click()
+    saved = tmp_path / "report.html"
+    info.value.save_as(saved)
+    html = saved.read_text(encoding="utf-8")
+    assert "plotly-graph-div" in html
+    assert "Parameters per block: all-MiniLM-L6-v2" in html
+    assert "encoder.layer.0.attention.self.query.weight" in html
+    page.screenshot(path="/tmp/dashboard.png", full_page=False)
