@@ -12,7 +12,9 @@ import argparse
 import operator
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq, "!=": operator.ne}
 _CHECK_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|<|>)\s*(-?[0-9.eE+-]+)\s*$")
@@ -67,35 +69,51 @@ class _Bar:
         self._bar.close()
 
 
-def _load_model(spec: str):
+def load_model(spec: str):
     from models import load
 
     print(f"loading {spec} ...", file=sys.stderr)
     return load(spec)
 
 
-def cmd_overview(args) -> list:
-    from diagnostics import overview
-
-    handle = _load_model(args.model)
-    bar = _Bar("overview")
+def with_bar(label: str, func):
+    """Call ``func(progress)`` with a stderr progress bar, closing the bar afterwards."""
+    bar = _Bar(label)
     try:
-        return [overview.run(handle, {}, progress=bar)]
+        return func(bar)
     finally:
         bar.close()
 
 
-COMMANDS = {
-    "overview": (cmd_overview, "every tensor of a model: shape, dtype, norm, analysed or skipped (tensors.csv)"),
+def add_model_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="builtin:minilm, builtin:smollm2, a local path, or hf:ORG/NAME")
+
+
+def cmd_overview(args) -> list:
+    from diagnostics import overview
+
+    handle = load_model(args.model)
+    return [with_bar("overview", lambda bar: overview.run(handle, {}, progress=bar))]
+
+
+@dataclass(frozen=True)
+class Command:
+    run: Callable[[argparse.Namespace], list]  # returns the results to write
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None] = add_model_argument
+
+
+COMMANDS: dict[str, Command] = {
+    "overview": Command(cmd_overview, "every tensor of a model: shape, dtype, norm, analysed or skipped (tensors.csv)"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description="Orthoscope diagnostics without the dashboard.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--model", required=True, help="builtin:minilm, builtin:smollm2, a local path, or hf:ORG/NAME")
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(p)
         p.add_argument("--out", required=True, type=Path, help="directory for report.html, report.json and CSV tables")
         p.add_argument("--fail-on", default=None, help='exit 1 when a row of the main table matches, e.g. "alpha<2"')
     return parser
@@ -106,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     from reports import write
 
     args = build_parser().parse_args(argv)
-    func, _ = COMMANDS[args.command]
+    func = COMMANDS[args.command].run
     try:
         checks = parse_checks(args.fail_on)
         results = func(args)
