@@ -332,7 +332,7 @@ def _module_from(folder: Path | None, config: dict, source: TensorSource, kind: 
         raise OrthoscopeError(f"transformers could not build this architecture ({exc}).") from None
     state = {meta.name: source.get(meta.name) for meta in source.metas()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if len(missing) > len(state) // 2:
+    if len(missing) > len(model.state_dict()) // 2:
         raise OrthoscopeError(
             f"the weights do not match config.json: {len(missing)} of the module's tensors are missing "
             f"(e.g. {missing[0]})."

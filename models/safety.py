@@ -41,13 +41,18 @@ def check_under_roots(path: Path, roots: list[Path]) -> Path:
             f"Reading local paths is turned off. Set {ALLOWED_ROOTS_ENV} to the directories "
             "the dashboard may read, then restart it."
         )
+    roots = [Path(r).expanduser().resolve() for r in roots]
     resolved = path.expanduser().resolve()
-    for root in roots:
-        if resolved == root or root in resolved.parents:
-            return resolved
-    raise OrthoscopeError(
-        f"{path} is outside the allowed directories ({', '.join(str(r) for r in roots)})."
-    )
+    # A folder's own entries may be links too; the loader reads its top-level files.
+    entries = [(path, resolved)]
+    if resolved.is_dir():
+        entries += [(path / p.name, p.resolve()) for p in resolved.iterdir()]
+    for shown, entry in entries:
+        if not any(entry == root or root in entry.parents for root in roots):
+            raise OrthoscopeError(
+                f"{shown} is outside the allowed directories ({', '.join(str(r) for r in roots)})."
+            )
+    return resolved
 
 
 def check_size(path: Path, max_mb: float | None) -> None:

@@ -103,15 +103,22 @@ class StateDictSource(TensorSource):
     def __init__(self, path: Path, fmt: str):
         self.files = [path]
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=fmt == "torch-zip")
+            if path.name.endswith(".safetensors"):
+                # torch.load treats a *path* named .safetensors as safetensors; the bytes said PyTorch.
+                with path.open("rb") as fh:
+                    obj = torch.load(fh, map_location="cpu", weights_only=True)
+            else:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=fmt == "torch-zip")
         except pickle.UnpicklingError as exc:
             first = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else ""
             raise OrthoscopeError(
                 f"{path.name} was refused: it holds Python objects other than tensors, and Orthoscope "
                 f"loads checkpoints as data only (weights_only=True). {first}"
             ) from None
-        except (RuntimeError, EOFError, ValueError, OSError) as exc:
-            raise OrthoscopeError(f"{path.name} is not a readable PyTorch checkpoint ({exc}).") from None
+        except Exception as exc:  # corrupt pickles also raise KeyError, IndexError, AssertionError, ...
+            raise OrthoscopeError(
+                f"{path.name} is not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})."
+            ) from None
         self._tensors = _flatten_state_dict(obj, path.name)
         self._metas = [
             TensorMeta(k, tuple(v.shape), str(v.dtype).removeprefix("torch."), v.is_floating_point())
@@ -212,6 +219,11 @@ class GGUFSource(TensorSource):
         if self.architecture == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
             heads = self._heads if "q_proj" in name else self._kv_heads
             if heads:
+                if not isinstance(heads, int) or heads < 0 or w.shape[0] % (2 * heads):
+                    raise OrthoscopeError(
+                        f"{name}: its {w.shape[0]} rows do not split into the file's head count ({heads!r}); "
+                        "the GGUF metadata is corrupt or inconsistent."
+                    )
                 w = w.reshape(heads, w.shape[0] // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
         return w
 
