@@ -2,7 +2,6 @@
 
 import io
 import json
-import pickle
 import zipfile
 from pathlib import Path
 
@@ -178,10 +177,30 @@ def test_report_viewer_refuses_a_foreign_json():
     assert any("not an Orthoscope report" in e for e in errors(at))
 
 
-def test_exports_are_complete(tmp_path):
+def test_csv_export_holds_the_overview_table():
     at = app().run()
     at.button(key="overview_add").click().run()
     items = at.session_state["report_results"]
     names = zipfile.ZipFile(io.BytesIO(reports.csv_zip(items))).namelist()
     assert names == ["tensors.csv"]
-    assert pickle.dumps is not None  # the report is JSON: nothing here unpickles user data
+
+
+def _folder_files(folder: Path, top: str) -> list[tuple[str, bytes, str]]:
+    return [(f"{top}/{p.name}", p.read_bytes(), "application/octet-stream") for p in sorted(folder.iterdir())]
+
+
+def test_uploaded_model_folder_is_loaded_as_an_hf_folder(tiny_bert_folder):
+    at = app(model_source="Upload", upload_mode="Model folder").run()
+    at.sidebar.file_uploader(key="upload_dir").set_value(_folder_files(tiny_bert_folder, "tiny-bert")).run()
+    assert not errors(at), errors(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Model"] == "tiny-bert"
+    assert metrics["Kind"] == "encoder"
+
+
+def test_uploaded_folder_with_python_code_is_refused(tiny_bert_folder):
+    (tiny_bert_folder / "modeling_evil.py").write_text("raise SystemExit('ran')\n")
+    at = app(model_source="Upload", upload_mode="Model folder").run()
+    at.sidebar.file_uploader(key="upload_dir").set_value(_folder_files(tiny_bert_folder, "tiny-bert")).run()
+    assert any("contains Python files" in e for e in errors(at)), errors(at)
+    assert not at.exception
