@@ -7,7 +7,15 @@ def sidebar() -> None:
     Each page calls this first rather than app.py drawing it once: the page script is what
     Streamlit (and AppTest) reruns on every interaction.
     """
+    import streamlit as st
+    from streamlit.runtime.pages_manager import PagesManager
+
     from ui import model_picker, report_basket
 
+    if PagesManager.uses_pages_directory:
+        # A deep link reached a fresh server before app.py ever ran, so Streamlit ran this page
+        # through its legacy pages/-folder navigation. Rerun through app.py's st.navigation.
+        PagesManager.uses_pages_directory = False
+        st.rerun()
     model_picker.draw_picker()
     report_basket.sidebar()
