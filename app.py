@@ -6,6 +6,9 @@ st.set_page_config(page_title="Orthoscope", page_icon=":material/blur_on:", layo
 
 PAGES = [
     st.Page("pages/overview.py", title="Model overview", icon=":material/table_chart:", default=True),
+    st.Page("pages/spectra.py", title="Layer spectra", icon=":material/ssid_chart:"),
+    st.Page("pages/alignment.py", title="Embedding alignment", icon=":material/compare_arrows:"),
+    st.Page("pages/directions.py", title="Latent directions", icon=":material/explore:"),
     st.Page("pages/report_viewer.py", title="Open a report", icon=":material/folder_open:"),
 ]
 

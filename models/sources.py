@@ -79,7 +79,7 @@ class SafetensorsSource(TensorSource):
             for name, entry in entries.items():
                 if name in self._where:
                     raise OrthoscopeError(f"tensor {name!r} appears in more than one shard.")
-                self._where[name] = handle
+                self._where[name] = path  # reopened per tensor in get(), see there
                 dtype = _SAFETENSORS_TORCH_DTYPE.get(entry["dtype"])
                 self._metas.append(
                     TensorMeta(
@@ -94,7 +94,12 @@ class SafetensorsSource(TensorSource):
         return self._metas
 
     def get(self, name: str) -> torch.Tensor:
-        return self._where[name].get_tensor(name)
+        # A fresh safe_open per tensor: its memory map dies with the tensor. One long-lived handle keeps
+        # every page it ever read resident, so RSS grew to the checkpoint's size.
+        from safetensors import safe_open
+
+        with safe_open(str(self._where[name]), framework="pt") as fh:
+            return fh.get_tensor(name)
 
 
 class StateDictSource(TensorSource):

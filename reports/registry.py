@@ -6,13 +6,22 @@ from typing import Callable
 
 import plotly.graph_objects as go
 
+from charts import alignment as alignment_charts
+from charts import directions as directions_charts
 from charts import overview as overview_charts
+from charts import spectra as spectra_charts
+from diagnostics.alignment import AlignmentResult
+from diagnostics.directions import DirectionsResult
 from diagnostics.overview import OverviewResult
 from diagnostics.result import Result
+from diagnostics.spectra import SpectraResult
 
 # diagnostic name -> (result class, figure builder)
 DIAGNOSTICS: dict[str, tuple[type[Result], Callable[[Result], list[go.Figure]]]] = {
     OverviewResult.diagnostic: (OverviewResult, overview_charts.figures),
+    SpectraResult.diagnostic: (SpectraResult, spectra_charts.figures),
+    AlignmentResult.diagnostic: (AlignmentResult, alignment_charts.figures),
+    DirectionsResult.diagnostic: (DirectionsResult, directions_charts.figures),
 }
 
 

@@ -5,6 +5,16 @@ import re
 from playwright.sync_api import Page, expect
 
 
+def test_deep_link_to_a_page_on_a_fresh_server_keeps_the_app_navigation(page: Page, app_url):
+    # Runs first, while the server has served nothing yet: Streamlit would otherwise run the
+    # page straight from the pages/ folder, without app.py's navigation and titles.
+    page.goto(f"{app_url}/spectra")
+    expect(page.get_by_text("Power-law alpha per layer").first).to_be_visible(timeout=240_000)
+    nav = page.get_by_test_id("stSidebarNav")
+    expect(nav.get_by_text("Model overview")).to_be_visible()
+    expect(nav.get_by_text("Layer spectra")).to_be_visible()
+
+
 def test_overview_chart_and_report_download(page: Page, app_url, tmp_path):
     page.goto(app_url)
     # The default built-in model is picked in the sidebar and the overview draws its charts.
@@ -24,4 +34,3 @@ def test_overview_chart_and_report_download(page: Page, app_url, tmp_path):
     assert "plotly-graph-div" in html
     assert "Parameters per block: all-MiniLM-L6-v2" in html
     assert "encoder.layer.0.attention.self.query.weight" in html
-    page.screenshot(path="/tmp/dashboard.png", full_page=False)

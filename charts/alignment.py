@@ -1,0 +1,211 @@
+"""Charts for embedding alignment: before/after scores, the two curves, heatmaps, projections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from diagnostics.alignment import MAP_TITLES, AlignmentResult
+
+PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC"]
+DASHES = {"random": "solid", "kcenter": "dash", "volume": "dot"}
+SCORES = {"top1_ab": "top-1 A→B", "top1_ba": "top-1 B→A", "class_top1_ab": "class top-1 A→B",
+          "cos": "cosine", "cos_centred": "centred cosine"}
+
+
+def _colour(names: list[str]) -> dict[str, str]:
+    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(dict.fromkeys(names))}
+
+
+def _detail_rows(result: AlignmentResult) -> pd.DataFrame:
+    frame = result.to_frame()
+    n = result.detail_anchors()
+    return frame[(frame["map"] == "none") | (frame["n_anchors"] == n)]
+
+
+def before_after(result: AlignmentResult) -> go.Figure:
+    """Held-out scores with no map and with each map, at the largest anchor count."""
+    frame = _detail_rows(result)
+    scores = [s for s in SCORES if frame[s].notna().any()]
+    colours = _colour(list(frame["map"]))
+    fig = go.Figure()
+    for _, row in frame.iterrows():
+        fig.add_bar(name=row["map"], x=[SCORES[s] for s in scores], y=[row[s] for s in scores],
+                    marker_color="#BBBBBB" if row["map"] == "none" else colours[row["map"]],
+                    hovertext=MAP_TITLES.get(row["map"], row["map"]))
+    fig.update_layout(
+        barmode="group", title=f"Held-out scores before (none) and after each map, {result.detail_anchors()} anchors",
+        yaxis_title="score", yaxis_range=[min(0, float(frame[scores].min().min())), 1.02], legend_title="map",
+    )
+    return fig
+
+
+def anchor_budget(result: AlignmentResult, maps: list[str] | None = None, strategies: list[str] | None = None,
+                  score: str = "top1_ab") -> go.Figure:
+    """Held-out score against the number of anchors: mean over seeds, bars at one standard deviation."""
+    frame = pd.DataFrame(result.budget)
+    if frame.empty:
+        return _empty("Quality against anchor budget (curves were not computed)")
+    if maps:
+        frame = frame[frame["map"].isin(maps)]
+    if strategies:
+        frame = frame[frame["strategy"].isin(strategies)]
+    splits = list(dict.fromkeys(frame["split"]))
+    fig = make_subplots(rows=1, cols=max(1, len(splits)), subplot_titles=splits, shared_yaxes=True)
+    colours = _colour(list(pd.DataFrame(result.budget)["map"]))
+    stats = frame.groupby(["split", "map", "strategy", "n_anchors"])[score].agg(["mean", "std", "count"]).reset_index()
+    for col, split in enumerate(splits, 1):
+        for (m, strategy), g in stats[stats["split"] == split].groupby(["map", "strategy"], sort=False):
+            fig.add_scatter(
+                x=g["n_anchors"], y=g["mean"], error_y={"type": "data", "array": g["std"].fillna(0), "visible": True},
+                mode="lines+markers", name=f"{m} · {strategy}", legendgroup=f"{m} · {strategy}", showlegend=col == 1,
+                line={"color": colours[m], "dash": DASHES.get(strategy, "solid")}, row=1, col=col,
+                hovertemplate=f"{m}, {strategy}<br>%{{x}} anchors<br>{SCORES.get(score, score)} %{{y:.3f}}<extra></extra>",
+            )
+        counts = sorted(set(stats[stats["split"] == split]["n_anchors"]))
+        fig.update_xaxes(type="log", title_text="anchors", tickmode="array", tickvals=counts, row=1, col=col)
+    seeds = sorted(set(pd.DataFrame(result.budget)["seed"]))
+    fig.update_layout(
+        title=f"Quality against anchor budget ({SCORES.get(score, score)}, held out; mean ± sd over seeds {seeds})",
+        yaxis_title=SCORES.get(score, score), legend_title="map · anchor choice",
+    )
+    return fig
+
+
+def tradeoff(result: AlignmentResult, score: str = "top1_ab") -> go.Figure:
+    """Orthogonality error against held-out retrieval along the relaxed and penalised families."""
+    frame = pd.DataFrame(result.tradeoff)
+    if frame.empty:
+        return _empty("The lambda trade-off (curves were not computed)")
+    fig = go.Figure()
+    colours = {"relaxed": PALETTE[2], "penalised": PALETTE[3]}
+    floor = 1e-6  # an exactly orthogonal map has error ~1e-14: shown at this floor on the log axis
+    for family in ("relaxed", "penalised"):
+        g = frame[frame["family"] == family]
+        fig.add_scatter(
+            x=g["orth_error"].clip(lower=floor), y=g[score], mode="lines+markers", name=family,
+            line={"color": colours[family]}, customdata=g["lambda"],
+            hovertemplate=f"{family}, lambda %{{customdata:.3g}}<br>||W^T W - I|| %{{x:.3g}}<br>%{{y:.3f}}<extra></extra>",
+        )
+    for family, symbol in (("procrustes", "diamond"), ("lstsq", "square")):
+        g = frame[frame["family"] == family]
+        fig.add_scatter(x=g["orth_error"].clip(lower=floor), y=g[score], mode="markers", name=family,
+                        marker={"symbol": symbol, "size": 12, "color": "#333333" if family == "procrustes" else "#999999"})
+    fig.update_layout(
+        title=f"The lambda trade-off: orthogonality error against {SCORES.get(score, score)} "
+              f"({result.detail_anchors()} anchors; errors below {floor:g} drawn at {floor:g})",
+        xaxis_type="log", xaxis_title="||W^T W - I||_F", yaxis_title=SCORES.get(score, score), legend_title="family",
+    )
+    return fig
+
+
+def heatmaps(result: AlignmentResult) -> go.Figure:
+    """Cosine similarities on a sample of held-out items: within each space and across, before and after."""
+    h = result.heatmaps
+    titles = ["within A", "within B", "A vs B, no map", f"A mapped ({h.get('map', '')}) vs B"]
+    fig = make_subplots(rows=1, cols=4, subplot_titles=titles, horizontal_spacing=0.03)
+    labels = h.get("labels") or [str(r) for r in h.get("rows", [])]
+    ticks = [f"{i}:{lab}" for i, lab in enumerate(labels)]
+    for col, key in enumerate(("within_a", "within_b", "cross_before", "cross_after"), 1):
+        z = np.asarray(h.get(key, []), dtype=float)
+        fig.add_heatmap(z=z, x=ticks, y=ticks, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
+                        showscale=col == 4, row=1, col=col,
+                        hovertemplate="row %{y}<br>column %{x}<br>cosine %{z:.3f}<extra></extra>")
+        fig.update_xaxes(showticklabels=False, row=1, col=col)
+        fig.update_yaxes(showticklabels=False, autorange="reversed", row=1, col=col)
+    fig.update_layout(title=f"Cosine similarities, {len(ticks)} held-out items sorted by label (rows: A's item, columns: B's)",
+                      height=380)
+    return fig
+
+
+def projection(result: AlignmentResult) -> go.Figure:
+    """Both spaces in one 2-D PCA, before and after the map; grey lines join a few matched pairs."""
+    pr = result.projection
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["no map", f"after {pr.get('map', '')}"])
+    labels = pr.get("labels") or None
+    for col, stage in enumerate(("before", "after"), 1):
+        a, b = np.asarray(pr.get(f"{stage}_a", []), float), np.asarray(pr.get(f"{stage}_b", []), float)
+        if a.size == 0:
+            continue
+        pairs = min(40, len(a))
+        xs = np.column_stack([a[:pairs, 0], b[:pairs, 0], np.full(pairs, np.nan)]).ravel()
+        ys = np.column_stack([a[:pairs, 1], b[:pairs, 1], np.full(pairs, np.nan)]).ravel()
+        fig.add_scatter(x=xs, y=ys, mode="lines", line={"color": "#CCCCCC", "width": 1}, name="matched pairs",
+                        showlegend=col == 1, hoverinfo="skip", row=1, col=col)
+        for pts, name, colour, symbol in ((a, result.model_a, PALETTE[0], "circle"), (b, result.model_b, PALETTE[1], "x")):
+            fig.add_scatter(x=pts[:, 0], y=pts[:, 1], mode="markers", name=f"{'A' if pts is a else 'B'}: {name}",
+                            marker={"color": colour, "symbol": symbol, "size": 6, "opacity": 0.7}, showlegend=col == 1,
+                            text=labels, hovertemplate="%{text}<extra></extra>" if labels else None, row=1, col=col)
+    fig.update_layout(title="Both spaces in one 2-D PCA, before and after the map", height=420)
+    return fig
+
+
+def singular_values(result: AlignmentResult) -> go.Figure:
+    """Each map's singular values (all 1 for an orthogonal map)."""
+    fig = go.Figure()
+    colours = _colour([g["map"] for g in result.geometry])
+    for g in result.geometry:
+        s = np.asarray(g.get("singular_values") or [], float)
+        fig.add_scatter(y=s, mode="lines", name=g["map"], line={"color": colours[g["map"]]})
+    fig.update_layout(title=f"Singular values of each map ({result.detail_anchors()} anchors)", xaxis_title="index",
+                      yaxis_title="singular value", yaxis_type="log")
+    return fig
+
+
+def similarity(result: AlignmentResult) -> go.Figure:
+    """Map-free similarity of the two spaces beside its permutation null (mean ± sd)."""
+    frame = pd.DataFrame(result.similarity)
+    fig = go.Figure()
+    if frame.empty:
+        return fig
+    fig.add_bar(x=frame["measure"], y=frame["value"], name="observed", marker_color=PALETTE[0])
+    fig.add_bar(x=frame["measure"], y=frame["null_mean"], name="permutation null",
+                error_y={"type": "data", "array": frame["null_sd"].fillna(0)}, marker_color="#BBBBBB")
+    n = int(frame["n_rows"].iloc[0])
+    perms = result.params.get("n_permutations")
+    fig.update_layout(barmode="group", title=f"Map-free similarity on {n} held-out items, beside {perms} shuffles",
+                      yaxis_title="similarity")
+    return fig
+
+
+def cross_modal(result: AlignmentResult) -> go.Figure | None:
+    if not result.cross_modal:
+        return None
+    frame = pd.DataFrame(result.cross_modal)
+    colours = _colour(list(frame["map"]))
+    fig = go.Figure()
+    for _, row in frame.iterrows():
+        fig.add_bar(name=row["map"], x=["top-1 A→B", "top-1 B→A", "cosine"], y=[row["top1_ab"], row["top1_ba"], row["cos"]],
+                    marker_color="#BBBBBB" if row["map"] == "none" else colours[row["map"]])
+    first = frame.iloc[0]
+    fig.update_layout(barmode="group", title=f"Maps fitted on {first['fitted_on']}, tested on {first['tested_on']} "
+                                             f"({int(first['n_test'])} held-out items)", yaxis_title="score")
+    return fig
+
+
+def zero_shot(result: AlignmentResult) -> go.Figure | None:
+    if not result.zero_shot:
+        return None
+    frame = pd.DataFrame(result.zero_shot)
+    fig = go.Figure()
+    for setting, g in frame.groupby("setting", sort=False):
+        fig.add_bar(name=setting, x=g["map"], y=g["accuracy"])
+    chance = float(frame["chance"].iloc[0])
+    fig.add_hline(y=chance, line_dash="dot", annotation_text=f"chance {chance:.2f}")
+    fig.update_layout(barmode="group", title="Zero-shot labelling with each model's towers and across the map",
+                      yaxis_title="accuracy", legend_title="setting")
+    return fig
+
+
+def _empty(title: str) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(title=title)
+    return fig
+
+
+def figures(result: AlignmentResult) -> list[go.Figure]:
+    figs = [before_after(result), anchor_budget(result), tradeoff(result), heatmaps(result), projection(result),
+            singular_values(result), similarity(result), cross_modal(result), zero_shot(result)]
+    return [f for f in figs if f is not None]

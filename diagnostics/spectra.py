@@ -1,0 +1,955 @@
+"""Spectra: the eigenvalue spectrum of every weight matrix and the heavy-tail metrics built on it.
+
+For a weight matrix ``W`` of shape ``N x M`` (``N >= M``; a wide matrix is transposed), the
+empirical spectral density (ESD) is the set of eigenvalues of the correlation matrix
+``X = W^T W``, i.e. the squared singular values ``lambda_i = s_i(W)^2``, i = 1..M.
+As in WeightWatcher there is no ``1/N`` factor unless ``SpectraParams.normalize`` asks for it.
+
+Metrics of one layer (the columns of the ``layers`` table)
+------------------------------------------------------------
+* ``N, M, Q = N/M, rf`` (receptive field: kernel positions of a convolution, 1 otherwise),
+  ``num_evals`` (``M * rf``).
+* ``lambda_max`` (WeightWatcher's ``spectral_norm``), ``log_spectral_norm = log10 lambda_max``,
+  ``norm = sum lambda = ||W||_F^2``, ``log_norm = log10 norm``,
+  ``stable_rank = norm / lambda_max``.
+* ``matrix_rank``: number of singular values above ``s_max * N * eps`` (numpy's rule);
+  ``rank_loss = M - rank`` (summed over the slices of a convolution);
+  ``weak_rank_loss``: eigenvalues below 1e-6.
+* ``entropy``: spectral entropy normalised by the log of the rank,
+  ``H = -sum p_i ln p_i / ln(rank)`` with ``p_i = lambda_i / sum lambda + 1e-10`` (the 1e-10 guard
+  is WeightWatcher's; kept so the values agree).
+* Power-law tail (Martin & Mahoney, "Implicit self-regularization in deep neural networks",
+  JMLR 2021; Clauset, Shalizi & Newman, "Power-law distributions in empirical data", SIAM Review
+  2009): over the eigenvalues above 1e-5, for every candidate ``xmin`` (each eigenvalue but the
+  largest) the maximum-likelihood exponent ``alpha = 1 + n / sum_{x >= xmin} ln(x / xmin)``
+  (``n`` = size of that tail) and the Kolmogorov-Smirnov distance ``D`` between the tail and the
+  fitted law ``F(x) = 1 - (x / xmin)^(1 - alpha)``; the candidate with the smallest ``D`` wins.
+  Reported: ``alpha, xmin, xmax, D, sigma = (alpha - 1) / sqrt(n), num_pl_spikes`` (eigenvalues
+  ``>= xmin``), ``alpha_weighted = alpha * log10 lambda_max``,
+  ``log_alpha_norm = log10 sum lambda^alpha`` and ``warning`` ("over-trained" for alpha < 2,
+  "under-trained" for alpha > 6).
+  ``pl_method`` is "clauset", or "small-n" for WeightWatcher 0.7.7's estimator below 20 points.
+  ``D`` compares the fitted CDF with the empirical CDF just below each point (WeightWatcher's
+  convention, see :func:`power_law_scan`). With ``fix_fingers="clip_xmax"`` also ``num_fingers``
+  and ``raw_alpha`` (the unclipped alpha).
+* ``mp_edge``, ``num_above_mp_edge``, ``pl_trust``, ``pl_verdict``: whether the tail is worth
+  believing. ``mp_edge`` is the Tracy-Widom edge of the Marchenko-Pastur law a random matrix with
+  the same element variance would have (see :func:`mp_edge`). Verdicts, first match wins:
+  "no fit: ..." (fewer than 2 eigenvalues above 1e-5); "no heavy tail: ESD fits MP bulk" (no
+  eigenvalue beyond ``mp_edge``: the power law is fitted to noise); "weak tail: alpha > 6";
+  "weak tail: only k eigenvalues in the tail" (k < 8); otherwise "heavy tail" and
+  ``pl_trust = True``.
+* With ``mp_fit``: ``sigma_mp, bulk_min, bulk_max, num_spikes, mp_softrank`` (WeightWatcher's
+  Marchenko-Pastur fit, see :func:`fit_marchenko_pastur`).
+* With ``randomize``: ``rand_lambda_max, rand_distance, ww_softrank, rand_num_spikes`` from the
+  ESD of the same matrix with its elements shuffled (seeded).
+* With ``detx``: ``detX_num, detX_val, ERG_gap`` (SETOL: Martin & Hinrichs, "SETOL: a
+  semi-empirical theory of (deep) learning", 2025; see :func:`detx_constraint`).
+* Convolutions: WeightWatcher pools the eigenvalues of the ``(out, in)`` slice at every kernel
+  position (and, by default, scales conv2d kernels by 1/sqrt(2): ``conv2d_norm``). With
+  ``conv2d_fft`` the exact singular values ``s`` of the convolution operator with circular
+  padding on an ``fft_input_size``-pixel input are added (Sedghi, Gupta & Long, "The singular
+  values of convolutional layers", ICLR 2019; see :func:`conv_operator_singular_values`):
+  ``conv_fft_n, conv_sv_max`` (the operator norm), ``conv_sv_min``, and the distance from
+  orthogonality ``conv_orth_max_dev = max |s - 1|`` and ``conv_orth_rms_dev = sqrt(mean (s - 1)^2)``
+  (0 for an orthogonal convolution).
+* ``eig_method``: which route gave the eigenvalues (below).
+
+Numerics: spectra are computed in float64. By default (``eig_method="gram"``) as the eigenvalues
+(LAPACK ``syevr``) of the float64 Gram matrix of the smaller side, accumulated with BLAS ``syrk``
+over row blocks; products of float32 weights are exact in float64, and every eigenvalue has an
+absolute error of about ``eps * lambda_max`` (eps = 2.2e-16). This is 2-3x faster than a float64
+SVD, and needs one matrix plus an ``M x M`` float64 array in memory. When the smallest eigenvalue
+is below ``1e3 * eps * lambda_max`` (near-singular, where that error would decide the rank), the
+layer is recomputed with ``torch.linalg.svdvals`` in float64 ("svd-fallback").
+``eig_method="svd"`` always uses the SVD. On the built-in models both routes agree to 1e-9 in
+every reported metric, and with WeightWatcher (float64 SciPy SVD) to ~1e-12.
+
+Layers that cannot be analysed (1-D, NaN/Inf, all zeros, fewer than ``min_evals`` eigenvalues)
+raise :class:`LayerSkipped` from :func:`analyse_matrix`; :func:`run` lists them with the reason
+and goes on.
+
+This module never imports streamlit or plotly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import linalg, optimize, special
+from scipy.linalg import blas
+
+from diagnostics.result import Result
+from models.errors import OrthoscopeError
+
+# Eigenvalues at or below this are not power-law candidates (WeightWatcher's EVALS_THRESH).
+EVALS_THRESH = 1e-5
+# Warning thresholds on alpha (WeightWatcher's OVER_TRAINED_THRESH / UNDER_TRAINED_THRESH).
+OVER_TRAINED_ALPHA = 2.0
+UNDER_TRAINED_ALPHA = 6.0
+# Fewer fit points than this switch to WeightWatcher 0.7.7's small-sample estimator.
+SMALL_N_CUTOFF = 20
+SMALL_N_MIN_TAIL = 8
+SMALL_N_TAIL_BONUS = 0.868
+# Guard added to the probabilities in the spectral entropy (WeightWatcher's EPSILON).
+ENTROPY_EPSILON = 1e-10
+# Eigenvalues below this count towards weak_rank_loss (WeightWatcher's tolerance).
+WEAK_RANK_TOL = 1e-6
+# The Gram route is trusted while lambda_min >= this * lambda_max; below, the SVD decides.
+GRAM_RELIABLE = 1e3 * float(np.finfo(np.float64).eps)
+# float64 elements per block when forming a Gram matrix (16 MiB) or a density estimate.
+_BLOCK_ELEMS = 1 << 21
+# Cells per block of the KS scan: small enough to stay in cache (about 4x faster than one block).
+_SCAN_BLOCK_ELEMS = 1 << 14
+# Linear-kernel bandwidth and density floor of WeightWatcher's Marchenko-Pastur fit.
+MP_BANDWIDTH = 0.1
+MP_DENSITY_FLOOR = 0.01
+# Tracy-Widom quantile used for mp_edge: P(TW1 > 4) is about 1e-4.
+TW_QUANTILE = 4.0
+
+EIG_METHODS = ("gram", "svd")
+FIX_FINGERS = (None, "clip_xmax")
+
+_HEADLINE = [
+    "alpha", "alpha_weighted", "log_norm", "log_alpha_norm", "log_spectral_norm", "stable_rank", "entropy",
+    "D", "mp_softrank", "rand_distance", "ww_softrank", "ERG_gap",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Parameters and result
+
+
+@dataclass
+class SpectraParams:
+    """Options of the spectra diagnostic (defaults follow WeightWatcher 0.7.7's ``analyze``).
+
+    normalize: divide the eigenvalues by N (the ``1/N`` of the correlation matrix).
+    min_evals: skip layers with fewer eigenvalues (WeightWatcher's default 8).
+    max_evals: skip layers with more eigenvalues (None: no limit; WeightWatcher uses 15000).
+    randomize: add the shuffled-elements baseline. mp_fit: add the Marchenko-Pastur fit.
+    detx: add SETOL's detX / ERG columns.
+    fix_fingers: None, or "clip_xmax" (refit with the largest eigenvalues clipped, as WeightWatcher).
+    max_fingers, finger_thresh: clip_xmax's limits (WeightWatcher's 10 and 1.0).
+    conv2d_fft: add the exact singular values of convolution operators (circular padding) for an
+    input of ``fft_input_size`` pixels per side (WeightWatcher uses 32).
+    conv2d_norm: scale conv2d slices by 1/sqrt(2) before the ESD, as WeightWatcher does by default.
+    eig_method: "gram" (float64 Gram matrix, SVD fallback when near-singular) or "svd".
+    seed: seeds the shuffles of ``randomize``.
+    max_evals_kept: at most this many eigenvalues per layer are stored for charts (quantiles).
+    """
+
+    normalize: bool = False
+    min_evals: int = 8
+    max_evals: int | None = None
+    randomize: bool = False
+    mp_fit: bool = False
+    detx: bool = False
+    fix_fingers: str | None = None
+    max_fingers: int = 10
+    finger_thresh: float = 1.0
+    conv2d_fft: bool = False
+    fft_input_size: int = 32
+    conv2d_norm: bool = True
+    eig_method: str = "gram"
+    seed: int = 0
+    max_evals_kept: int = 2000
+
+    def __post_init__(self):
+        if self.fix_fingers not in FIX_FINGERS:
+            raise OrthoscopeError(f"fix_fingers must be one of {FIX_FINGERS}, not {self.fix_fingers!r}.")
+        if self.eig_method not in EIG_METHODS:
+            raise OrthoscopeError(f"eig_method must be one of {EIG_METHODS}, not {self.eig_method!r}.")
+        if self.min_evals < 2:
+            raise OrthoscopeError("min_evals must be at least 2.")
+        if self.max_evals is not None and self.max_evals < self.min_evals:
+            raise OrthoscopeError("max_evals must be at least min_evals.")
+        if self.fft_input_size < 1:
+            raise OrthoscopeError("fft_input_size must be a positive number of pixels.")
+        if self.max_fingers < 2:
+            raise OrthoscopeError("max_fingers must be at least 2.")
+        if self.max_evals_kept < 2:
+            raise OrthoscopeError("max_evals_kept must be at least 2.")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SpectraParams":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class SpectraResult(Result):
+    """Per-layer spectral metrics, the ESDs kept for charts, the layers skipped and a summary.
+
+    ``layers``: one row dict per analysed matrix (see the module docstring for the columns).
+    ``esds``: name -> {"evals": ascending eigenvalues (quantile-subsampled to ``max_evals_kept``),
+    "rand_evals": the same for the shuffled matrix or None, "num_evals": the full count,
+    "subsampled": bool, and for convolutions with ``conv2d_fft`` "op_evals"}.
+    ``skipped``: [{name, shape, reason}] for tensors the model handle skips and matrices this
+    diagnostic could not analyse. ``summary``: means of the headline metrics overall, per block
+    and per kind, and counts.
+    """
+
+    diagnostic: ClassVar[str] = "spectra"
+    layers: list = field(default_factory=list)
+    esds: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.layers)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"layers": self.to_frame(), "skipped": pd.DataFrame(self.skipped, columns=["name", "shape", "reason"])}
+
+
+class LayerSkipped(Exception):
+    """A matrix this diagnostic cannot analyse; ``reason`` is written for the user."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# ---------------------------------------------------------------------------------------
+# Eigenvalues
+
+
+def _gram(W: torch.Tensor) -> np.ndarray:
+    """float64 ``A^T A`` of the tall orientation ``A`` of a 2-D matrix (lower triangle, Fortran
+    order), accumulated over row blocks with BLAS ``syrk`` (half the work of a matrix product)."""
+    A = W if W.shape[0] >= W.shape[1] else W.T
+    m = A.shape[1]
+    rows = max(1, _BLOCK_ELEMS // max(m, 1))
+    # One float64 buffer reused for every block: fresh 16 MB blocks fragment the C heap.
+    buffer = torch.empty((min(rows, A.shape[0]), m), dtype=torch.float64)
+    G = np.zeros((m, m), dtype=np.float64, order="F")
+    for start in range(0, A.shape[0], rows):
+        block = buffer[: min(rows, A.shape[0] - start)]
+        block.copy_(A[start : start + rows])
+        # block.T is the Fortran-ordered (m, rows) view; syrk adds block^T block to G in place.
+        G = blas.dsyrk(1.0, block.numpy().T, beta=1.0, c=G, trans=0, lower=1, overwrite_c=1)
+    return G
+
+
+def eigenvalues(W: torch.Tensor | np.ndarray, method: str = "gram") -> tuple[np.ndarray, str]:
+    """Squared singular values of a 2-D matrix (ascending, float64) and the route taken.
+
+    ``method="gram"``: eigenvalues (LAPACK ``syevr``, in place) of the float64 Gram matrix of the
+    smaller side (BLAS ``syrk``), unless the smallest is below ``GRAM_RELIABLE * lambda_max``;
+    then ``torch.linalg.svdvals`` in float64 ("svd-fallback"). ``method="svd"``: always the
+    float64 SVD.
+    """
+    W = torch.as_tensor(W)
+    if W.ndim != 2:
+        raise ValueError(f"expected a 2-D matrix, got shape {tuple(W.shape)}")
+    if method == "gram":
+        lam = linalg.eigh(_gram(W), lower=True, eigvals_only=True, overwrite_a=True, check_finite=False)
+        top = float(lam[-1])
+        if top > 0 and float(lam[0]) >= GRAM_RELIABLE * top:
+            return lam, "gram"
+        route = "svd-fallback"
+    elif method == "svd":
+        route = "svd"
+    else:
+        raise ValueError(f"unknown eig_method {method!r}")
+    s = torch.linalg.svdvals(W.to(torch.float64)).numpy()
+    return np.sort(s * s), route
+
+
+# ---------------------------------------------------------------------------------------
+# Power-law fit
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """The best power-law tail of an ESD (NaN fields and ``status`` != "success" when it failed).
+
+    ``n_tail``: eigenvalues in the fitted tail (>= xmin among the fitted data);
+    ``num_pl_spikes``: eigenvalues >= xmin among all eigenvalues given (WeightWatcher counts the
+    clipped ones too). ``method``: "clauset" or "small-n" (WeightWatcher 0.7.7's estimator for
+    fewer than 20 points). ``num_fingers``: eigenvalues clipped by fix_fingers (WeightWatcher
+    reports one less); ``raw_alpha``: the alpha before clipping.
+    """
+
+    alpha: float
+    xmin: float
+    xmax: float
+    D: float
+    sigma: float
+    num_pl_spikes: int
+    n_tail: int
+    n_data: int
+    method: str
+    status: str = "success"
+    num_fingers: int = 0
+    raw_alpha: float = math.nan
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+
+def _failed_fit(n_data: int, status: str) -> PowerLawFit:
+    nan = math.nan
+    return PowerLawFit(nan, nan, nan, nan, nan, 0, 0, n_data, "none", status)
+
+
+def power_law_scan(data: np.ndarray, *, bias_corrected: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """alpha, KS distance D and sigma for every candidate xmin = data[i], i = 0..n-2, at once.
+
+    ``data`` must be sorted ascending and positive. With ``L = ln data`` and suffix sums
+    ``S_i = sum_{j >= i} L_j``, the tail above ``data[i]`` has ``n_i = n - i`` points and
+    ``alpha_i = 1 + n_i / (S_i - n_i L_i)`` (``n_i - 1`` in the numerator when ``bias_corrected``).
+    ``D_i = max_{j >= i} |1 - (x_j / x_i)^(1 - alpha_i) - (j - i) / n_i|``: the fitted CDF against
+    the empirical CDF taken just below each point, WeightWatcher's convention. Candidates with
+    ``alpha_i <= 1`` get ``D_i = 1``; ``sigma_i = (alpha_i - 1) / sqrt(n_i)``.
+
+    The ``D`` scan has no loop over candidates: row ``i`` of a sliding-window view of ``L``
+    (padded with +inf) holds ``L_{i+k}``, so ``(x_{i+k} / x_i)^(1 - alpha_i)`` is one array
+    expression; padded cells give a fitted CDF of 1 against an empirical CDF clipped at 1, adding
+    nothing. ``O(n^2)`` work, done in cache-sized blocks of candidates.
+    """
+    x = np.asarray(data, dtype=np.float64)
+    n = x.size
+    if n < 2:
+        return np.empty(0), np.empty(0), np.empty(0)
+    logs = np.log(x)
+    suffix = np.cumsum(logs[::-1])[::-1]
+    tail = (n - np.arange(n - 1)).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denom = suffix[:-1] - tail * logs[:-1]
+        alphas = 1.0 + (tail - 1.0 if bias_corrected else tail) / denom
+    # (1 - alpha) bounded so that an infinite alpha (a tail of equal values) times 0 stays 0.
+    exponent = np.maximum(1.0 - alphas, -1e300)
+    padded = np.concatenate([logs, np.full(n - 1, np.inf)])
+    Ds = np.empty(n - 1)
+    rows = max(1, _SCAN_BLOCK_ELEMS // n)
+    for a in range(0, n - 1, rows):
+        b = min(n - 1, a + rows)
+        width = n - a
+        window = np.lib.stride_tricks.sliding_window_view(padded[a : a + (b - a) + width - 1], width)
+        with np.errstate(invalid="ignore", over="ignore"):
+            fitted = np.exp((window - logs[a:b, None]) * exponent[a:b, None])  # (x_j / x_i)^(1 - alpha)
+        empirical = np.minimum(np.arange(width)[None, :] / tail[a:b, None], 1.0)
+        fitted += empirical
+        np.subtract(fitted, 1.0, out=fitted)
+        Ds[a:b] = np.abs(fitted, out=fitted).max(axis=1)
+    Ds = np.where(alphas > 1.0, np.where(np.isnan(Ds), np.inf, Ds), 1.0)
+    sigmas = (alphas - 1.0) / np.sqrt(tail)
+    return alphas, Ds, sigmas
+
+
+def _fit_sorted(data: np.ndarray) -> tuple[int, float, float, float, str] | None:
+    """Best candidate index, alpha, D, sigma and method for sorted positive data (None: no fit)."""
+    n = data.size
+    if n < 2:
+        return None
+    if n >= SMALL_N_CUTOFF:
+        alphas, Ds, sigmas = power_law_scan(data)
+        i = int(np.argmin(Ds))
+        return i, float(alphas[i]), float(Ds[i]), float(sigmas[i]), "clauset"
+    # WeightWatcher 0.7.7, fewer than 20 points: bias-corrected alpha, tails of at least 8 points,
+    # and the winner minimises D - 0.868 / sqrt(n_tail) instead of D.
+    alphas, Ds, sigmas = power_law_scan(data, bias_corrected=True)
+    tail = n - np.arange(n - 1)
+    logs = np.log(data)
+    spread = np.cumsum(logs[::-1])[::-1][:-1] - tail * logs[:-1]
+    usable = (tail >= SMALL_N_MIN_TAIL) & (spread > 1e-12) & (alphas > 1.0)
+    if usable.any():
+        J = np.where(usable, Ds - SMALL_N_TAIL_BONUS / np.sqrt(tail), np.inf)
+        i = int(np.argmin(J))
+        return i, float(alphas[i]), float(Ds[i]), float(sigmas[i]), "small-n"
+    if spread[0] <= 1e-12:
+        return 0, 1.0, 1.0, 0.0, "small-n"
+    alpha = 1.0 + (n - 1.0) / spread[0]
+    fitted = 1.0 - (data / data[0]) ** (1.0 - alpha)
+    D = float(np.max(np.abs(np.arange(n) / n - fitted)))
+    return 0, float(alpha), D, float((alpha - 1.0) / np.sqrt(n)), "small-n"
+
+
+def fit_power_law(
+    evals: np.ndarray,
+    *,
+    thresh: float = EVALS_THRESH,
+    fix_fingers: str | None = None,
+    max_fingers: int = 10,
+    finger_thresh: float = 1.0,
+    min_alpha: float = OVER_TRAINED_ALPHA,
+) -> PowerLawFit:
+    """Fit a power law ``p(x) ~ x^-alpha`` to the tail of the eigenvalues ``evals`` above ``thresh``.
+
+    Clauset, Shalizi & Newman (2009): for every candidate xmin (each eigenvalue above ``thresh``
+    but the largest) the MLE ``alpha = 1 + n / sum ln(x / xmin)`` over the ``n`` eigenvalues
+    ``>= xmin`` and the KS distance ``D`` (see :func:`power_law_scan`); the smallest ``D`` wins.
+    ``sigma = (alpha - 1) / sqrt(n)`` is the MLE's standard error. With fewer than 20 points,
+    WeightWatcher 0.7.7's small-sample variant is used (``method="small-n"``).
+
+    ``fix_fingers="clip_xmax"`` (WeightWatcher's): refit with the top 2, 3, ... ``max_fingers - 1``
+    eigenvalues removed; the first refit whose alpha is lower than the unclipped one by more than
+    ``finger_thresh`` is kept; the search stops early when alpha falls to ``min_alpha``.
+    """
+    ev = np.asarray(evals, dtype=np.float64).ravel()
+    data = np.sort(ev[ev > thresh])
+    n = data.size
+    if n < 2:
+        return _failed_fit(n, f"failed: {n} eigenvalue(s) above {thresh:g}, a fit needs 2")
+    best = _fit_sorted(data)
+    used = data
+    num_fingers = 0
+    raw_alpha = math.nan
+    if fix_fingers == "clip_xmax":
+        raw_alpha = best[1]
+        for clip in range(2, max_fingers):
+            if n - clip < 2:
+                break
+            trial = _fit_sorted(data[:-clip])
+            if trial[1] + finger_thresh < raw_alpha:
+                best, used, num_fingers = trial, data[:-clip], clip
+                break
+            if min_alpha is not None and trial[1] <= min_alpha:
+                break
+    elif fix_fingers is not None:
+        raise ValueError(f"unknown fix_fingers {fix_fingers!r}")
+    i, alpha, D, sigma, method = best
+    xmin = float(used[i])
+    return PowerLawFit(
+        alpha=alpha, xmin=xmin, xmax=float(used[-1]), D=D, sigma=sigma,
+        num_pl_spikes=int(np.count_nonzero(ev >= xmin)), n_tail=int(used.size - i), n_data=n, method=method,
+        num_fingers=num_fingers, raw_alpha=raw_alpha,
+    )
+
+
+def alpha_warning(alpha: float) -> str:
+    """WeightWatcher's flag: "over-trained" below alpha 2, "under-trained" above 6."""
+    if not math.isfinite(alpha):
+        return "fit failed"
+    if alpha < OVER_TRAINED_ALPHA:
+        return "over-trained"
+    if alpha > UNDER_TRAINED_ALPHA:
+        return "under-trained"
+    return ""
+
+
+# ---------------------------------------------------------------------------------------
+# Marchenko-Pastur
+
+
+def mp_edge(evals: np.ndarray, N: int, M: int, rf: int = 1) -> float:
+    """Largest eigenvalue a random ``N x M`` matrix with the same element variance would reach.
+
+    The element variance is estimated from the Frobenius norm, ``s2 = sum lambda / (N M rf)``; the
+    MP bulk edge is ``s2 (sqrt N + sqrt M)^2`` and the Tracy-Widom scale of the largest eigenvalue
+    is ``s2 (sqrt N + sqrt M) (1/sqrt N + 1/sqrt M)^(1/3)`` (Johnstone, Ann. Stat. 2001). The edge
+    returned sits ``TW_QUANTILE`` = 4 scales above the bulk edge (exceeded by chance with
+    probability ~1e-4). Outliers inflate ``s2``, so the edge errs on the high side.
+    """
+    s2 = float(np.sum(evals)) / (N * M * rf)
+    root = math.sqrt(N) + math.sqrt(M)
+    return s2 * (root * root + TW_QUANTILE * root * (1 / math.sqrt(N) + 1 / math.sqrt(M)) ** (1 / 3))
+
+
+def _linear_kde(points: np.ndarray, grid: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Density of a linear-kernel KDE: ``(1 / (n h)) sum_i max(0, 1 - |x - p_i| / h)``."""
+    out = np.empty(grid.size)
+    step = max(1, _BLOCK_ELEMS // max(points.size, 1))
+    for a in range(0, grid.size, step):
+        d = np.abs(grid[a : a + step, None] - points[None, :]) / bandwidth
+        out[a : a + step] = np.maximum(0.0, 1.0 - d).sum(axis=1)
+    return out / (points.size * bandwidth)
+
+
+def _mp_density(x: np.ndarray, Q: float, sigma) -> np.ndarray:
+    inv_q = 1.0 / Q
+    b = np.power(sigma * (1 + np.sqrt(inv_q)), 2)
+    a = np.power(sigma * (1 - np.sqrt(inv_q)), 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.nan_to_num((1 / (2 * np.pi * sigma * sigma * x * inv_q)) * np.sqrt((b - x) * (x - a)))
+
+
+def _qc_density(x: np.ndarray, sigma) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num((1 / (np.pi * sigma * sigma)) * np.sqrt(4 - x**2))
+
+
+def fit_marchenko_pastur(evals: np.ndarray, N: int, M: int, *, bandwidth: float = MP_BANDWIDTH) -> dict:
+    """WeightWatcher's Marchenko-Pastur fit of an ESD: sigma_mp, bulk edges, spikes, mp_softrank.
+
+    The eigenvalues are rescaled to mean 1 (``W_scale^2 = n / sum lambda``). A linear-kernel
+    density estimate (bandwidth 0.1) on 1000 points in ``[0, max + 0.5]``, keeping points with
+    density above 0.01, is compared with the MP density ``rho(x) = sqrt((b - x)(x - a)) /
+    (2 pi sigma^2 x / Q)``, ``a, b = sigma^2 (1 -+ 1/sqrt Q)^2`` (the quarter-circle law of the
+    singular values when ``Q = 1``). ``sigma`` minimises the squared residual by a grid search over
+    ``[0.05, 2) * sigma_0`` in steps of ``0.01 sigma_0``, ``sigma_0^2 = lambda_max / (1 + 1/sqrt Q)^2``,
+    polished by Nelder-Mead (what ``scipy.optimize.brute`` does); fits whose edge falls outside the data or
+    below the density's peak are penalised. ``num_spikes`` counts eigenvalues above
+    ``bulk_max + sqrt(TW)``, ``TW = bulk_max^(2/3) M^(-2/3) / sqrt Q``; ``mp_softrank =
+    bulk_max / lambda_max``. Bulk edges are returned on the original scale. The density estimate
+    is computed once, not per trial sigma, which is what makes this fast.
+    """
+    ev = np.asarray(evals, dtype=np.float64).ravel()
+    n = ev.size
+    Q = N / M
+    w_scale2 = n / float(np.sum(ev))
+    x = w_scale2 * ev
+    lam_max = float(np.max(x))
+    sigma0 = math.sqrt(lam_max / (1 + 1 / math.sqrt(Q)) ** 2)
+    to_fit = np.sqrt(x) if Q == 1 else x
+    grid = np.linspace(0, float(np.max(to_fit)) + 0.5, 1000)
+    density = _linear_kde(to_fit, grid, bandwidth)
+    keep = density > MP_DENSITY_FLOOR
+    xs, ys = grid[keep], density[keep]
+    if xs.size == 0:
+        nan = math.nan
+        return {"sigma_mp": nan, "bulk_max": nan, "bulk_min": nan, "num_spikes": -1, "mp_softrank": nan, "W_scale": nan}
+    peak = xs[np.argmax(ys)] if xs.size else 0.0
+
+    def losses(sigma: np.ndarray) -> np.ndarray:
+        """Squared residual for each trial sigma (a column vector of them)."""
+        if Q == 1:
+            resid = _qc_density(xs, sigma) - ys
+            return np.sum(resid**2, axis=-1)
+        b = np.power(sigma * (1 + np.sqrt(1 / Q)), 2)
+        a = np.power(sigma * (1 - np.sqrt(1 / Q)), 2)
+        penalised = ((b < peak) | (b > xs.max()) | (a > peak)).ravel()
+        resid = _mp_density(xs, Q, sigma) - ys
+        return np.where(penalised, xs.size * 1000.0**2, np.sum(resid**2, axis=-1))
+
+    # scipy.optimize.brute's grid search, with every grid point in one array expression, then
+    # brute's Nelder-Mead polish (scipy.optimize.fmin) from the best grid point.
+    grid = np.mgrid[slice(0.05 * sigma0, 2.0 * sigma0, 0.01 * sigma0)]
+    start = grid[int(np.argmin(losses(grid[:, None])))]
+    polished = optimize.fmin(lambda p: float(losses(np.reshape(p, (1, 1)))[0]), start, full_output=True, disp=False)
+    sigma_mp = float(np.ravel(polished[0])[0])
+    bulk_max = (sigma_mp * (1 + 1 / math.sqrt(Q))) ** 2
+    bulk_min = (sigma_mp * (1 - 1 / math.sqrt(Q))) ** 2
+    tw = 1 / math.sqrt(Q) * bulk_max ** (2 / 3) * M ** (-2 / 3)
+    num_spikes = int(np.count_nonzero(x > bulk_max + math.sqrt(tw)))
+    return {
+        "sigma_mp": sigma_mp,
+        "bulk_max": bulk_max / w_scale2,
+        "bulk_min": bulk_min / w_scale2,
+        "num_spikes": num_spikes,
+        "mp_softrank": bulk_max / lam_max,
+        "W_scale": math.sqrt(w_scale2),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# SETOL detX, randomisation, convolution operators
+
+
+def detx_constraint(evals: np.ndarray) -> tuple[int, float]:
+    """SETOL's ERG condition ``det X~ = 1``: the tail of the ESD whose eigenvalue product reaches 1.
+
+    The eigenvalues are rescaled to mean 1 (``lambda~ = lambda n / sum lambda``). Going down from
+    the largest, ``P_k`` is the product of the top ``k`` rescaled eigenvalues; it rises while they
+    exceed 1 and then falls. ``detX_num`` is the first ``k`` (at most ``n - 1``) with ``P_k < 1``,
+    i.e. one more than the largest tail whose product stays >= 1 (WeightWatcher 0.7.7's
+    convention); ``detX_val`` is that k-th largest eigenvalue on the original scale (the lower edge
+    of the ERG tail). If no such tail exists, ``detX_num = n`` and ``detX_val`` is the smallest
+    eigenvalue. A flat ESD (all eigenvalues equal) gives ``(0, smallest)``, as in WeightWatcher.
+    """
+    ev = np.sort(np.asarray(evals, dtype=np.float64).ravel())
+    n = ev.size
+    if n < 2 or not ev[0] < ev[-1]:
+        return 0, float(ev[0]) if n else math.nan
+    rescaled = ev * (n / float(np.sum(ev)))
+    with np.errstate(divide="ignore"):
+        log_products = np.cumsum(np.log(rescaled[::-1]))[: n - 1]
+    below = np.flatnonzero(log_products < 0.0)
+    if below.size == 0:
+        return n, float(ev[0])
+    k = int(below[0]) + 1
+    return k, float(ev[n - k])
+
+
+def jensen_shannon_distance(p: np.ndarray, q: np.ndarray) -> float:
+    """sqrt of the Jensen-Shannon divergence (natural log) between two sorted ESDs read as
+    probability vectors, element by element (WeightWatcher's ``rand_distance``)."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    p = p / p.sum()
+    q = q / q.sum()
+    m = (p + q) / 2
+    return float(math.sqrt(max(0.0, (special.rel_entr(p, m).sum() + special.rel_entr(q, m).sum()) / 2)))
+
+
+def conv_operator_singular_values(kernel: torch.Tensor | np.ndarray, n: int) -> np.ndarray:
+    """Singular values of a convolution with circular padding on an ``n``-pixel (per side) input.
+
+    Sedghi, Gupta & Long (ICLR 2019): for a kernel ``K`` of shape ``(out, in, kh, kw)`` the
+    operator on ``n x n`` inputs is block doubly-circulant, so it is diagonalised by the 2-D DFT;
+    its singular values are the union over the ``n^2`` frequencies ``(u, v)`` of the singular
+    values of the ``out x in`` complex matrices ``K^(u, v) = sum_{p,q} K[:, :, p, q]
+    exp(-2 pi i (p u + q v) / n)``. A real kernel has ``K^(-u, -v) = conj K^(u, v)`` with the same
+    singular values, so only ``v <= n / 2`` is computed and the rest counted twice. A 1-D kernel
+    ``(out, in, k)`` works the same way with ``n`` frequencies. Returns ``n^2 min(out, in)`` (or
+    ``n min(out, in)``) singular values, ascending, float64. Cross-correlation (PyTorch) and
+    convolution have the same singular values.
+    """
+    K = torch.as_tensor(kernel).to(torch.float64)
+    if K.ndim not in (3, 4):
+        raise ValueError(f"expected a conv kernel (out, in, k) or (out, in, kh, kw), got {tuple(K.shape)}")
+    if max(K.shape[2:]) > n:
+        raise ValueError(f"kernel {tuple(K.shape[2:])} is larger than the {n}-pixel input")
+    half = n // 2 + 1
+    # multiplicity of each rfft frequency in the full spectrum
+    weights = np.full(half, 2)
+    weights[0] = 1
+    if n % 2 == 0:
+        weights[-1] = 1
+    last = torch.fft.rfft(K, n=n, dim=-1)  # (out, in, [kh,] half)
+    if K.ndim == 3:
+        blocks = [last.permute(2, 0, 1)]  # (half, out, in)
+        mult = [weights]
+    else:
+        kh = K.shape[2]
+        per_u = K.shape[0] * K.shape[1] * half * 16
+        chunk = max(1, (1 << 27) // max(per_u, 1))
+        p = torch.arange(kh, dtype=torch.float64)
+        blocks, mult = [], []
+        for u0 in range(0, n, chunk):
+            u = torch.arange(u0, min(n, u0 + chunk), dtype=torch.float64)
+            phase = torch.exp(-2j * math.pi * torch.outer(u, p) / n)  # (uc, kh)
+            F = torch.einsum("up,oipv->uvoi", phase, last)  # (uc, half, out, in)
+            blocks.append(F.reshape(-1, K.shape[0], K.shape[1]))
+            mult.append(np.tile(weights, u.numel()))
+    svals = []
+    for block, w in zip(blocks, mult):
+        s = torch.linalg.svdvals(block).numpy()  # (freqs, min(out, in))
+        svals.append(np.repeat(s, w, axis=0).ravel())
+    return np.sort(np.concatenate(svals))
+
+
+def _shuffled(W: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """W with its elements in a uniformly random order (``torch.randperm``: Fisher-Yates)."""
+    flat = W.detach().reshape(-1)
+    index_dtype = torch.int32 if flat.numel() < 2**31 else torch.int64
+    order = torch.randperm(flat.numel(), generator=generator, dtype=index_dtype)
+    return flat.index_select(0, order).reshape(W.shape)
+
+
+def _layer_generator(seed: int, name: str) -> torch.Generator:
+    """A generator seeded by ``seed`` and the layer's name, so each layer gets its own shuffle."""
+    state = np.random.SeedSequence([int(seed), zlib.crc32(name.encode("utf-8"))]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+
+
+# ---------------------------------------------------------------------------------------
+# One layer
+
+
+def _slices(W: torch.Tensor) -> list[torch.Tensor]:
+    """The (out, in) matrix at every kernel position of a conv kernel; [W] for a matrix."""
+    if W.ndim == 2:
+        return [W]
+    out, inp = W.shape[:2]
+    return list(W.reshape(out, inp, -1).permute(2, 0, 1))
+
+
+def _pooled_eigs(mats: list[torch.Tensor], method: str) -> tuple[np.ndarray, int, str]:
+    """Pooled ascending eigenvalues, summed rank loss and the route taken (worst over slices)."""
+    evals, rank_loss, routes = [], 0, set()
+    for mat in mats:
+        lam, route = eigenvalues(mat, method)
+        lam = np.clip(lam, 0.0, None)
+        sv = np.sqrt(lam)
+        rank_loss += sv.size - _matrix_rank(sv, max(mat.shape))
+        evals.append(lam)
+        routes.add(route)
+    route = "svd-fallback" if "svd-fallback" in routes else routes.pop()
+    return np.sort(np.concatenate(evals)), rank_loss, route
+
+
+def _matrix_rank(sv: np.ndarray, N: int) -> int:
+    """Singular values above ``s_max * N * eps`` (numpy.linalg.matrix_rank's tolerance)."""
+    if sv.size == 0:
+        return 0
+    return int(np.count_nonzero(sv > np.max(sv) * N * np.finfo(np.float64).eps))
+
+
+def _entropy(evals: np.ndarray, rank: int) -> float:
+    p = evals / np.sum(evals) + ENTROPY_EPSILON
+    return float(-np.sum(p * np.log(p)) / np.log(rank + ENTROPY_EPSILON))
+
+
+def _subsample(values: np.ndarray, cap: int) -> tuple[list[float], bool]:
+    """At most ``cap`` values: evenly spaced order statistics (min and max included)."""
+    values = np.sort(np.asarray(values, dtype=np.float64))
+    if values.size <= cap:
+        return values.tolist(), False
+    idx = np.unique(np.round(np.linspace(0, values.size - 1, cap)).astype(np.int64))
+    return values[idx].tolist(), True
+
+
+def _verdict(fit: PowerLawFit, num_above_edge: int) -> tuple[bool, str]:
+    if not fit.ok:
+        return False, f"no fit: {fit.status}"
+    if num_above_edge == 0:
+        return False, "no heavy tail: ESD fits MP bulk"
+    if fit.alpha > UNDER_TRAINED_ALPHA:
+        return False, "weak tail: alpha > 6"
+    if fit.num_pl_spikes < SMALL_N_MIN_TAIL:
+        return False, f"weak tail: only {fit.num_pl_spikes} eigenvalues in the tail"
+    return True, "heavy tail"
+
+
+def _as_tensor(W: torch.Tensor | np.ndarray) -> torch.Tensor:
+    t = torch.as_tensor(W).detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if not t.is_floating_point():
+        raise LayerSkipped(f"not floating point ({str(t.dtype).removeprefix('torch.')})")
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.to(torch.float32)
+    return t
+
+
+def analyse_matrix(
+    W: torch.Tensor | np.ndarray,
+    params: SpectraParams | None = None,
+    *,
+    name: str = "",
+    kind: str = "",
+    block: str = "",
+    layer_type: str | None = None,
+) -> tuple[dict, dict]:
+    """All spectral metrics of one weight matrix: ``(row, esd)``.
+
+    ``W`` is a matrix in any orientation, or a conv kernel ``(out, in, k)`` / ``(out, in, kh, kw)``
+    whose kernel-position slices are pooled (WeightWatcher's convention). ``row`` is the layer's
+    row of the ``layers`` table, ``esd`` the payload kept for charts. Raises :class:`LayerSkipped`
+    with the reason when the matrix cannot be analysed (1-D, NaN/Inf, all zeros, too few or too
+    many eigenvalues).
+    """
+    params = params or SpectraParams()
+    t = _as_tensor(W)
+    shape = [int(s) for s in t.shape]
+    if t.ndim < 2:
+        raise LayerSkipped("1-D (bias, norm or scale)")
+    if t.ndim > 4:
+        raise LayerSkipped(f"unsupported: {t.ndim}-D tensor")
+    if layer_type is None:
+        layer_type = {2: "linear", 3: "conv1d", 4: "conv2d"}[t.ndim]
+    if t.numel() == 0:
+        raise LayerSkipped("empty tensor")
+    lo, hi = torch.aminmax(t)
+    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+        raise LayerSkipped("contains NaN or Inf")
+    if float(lo) == 0.0 and float(hi) == 0.0:
+        raise LayerSkipped("all zeros")
+
+    mats = _slices(t)
+    N, M = max(mats[0].shape), min(mats[0].shape)
+    rf = len(mats)
+    num_evals = M * rf
+    if num_evals < params.min_evals:
+        raise LayerSkipped(f"too few eigenvalues: {num_evals} < min_evals {params.min_evals}")
+    if params.max_evals is not None and num_evals > params.max_evals:
+        raise LayerSkipped(f"too many eigenvalues: {num_evals} > max_evals {params.max_evals}")
+
+    evals, rank_loss, route = _pooled_eigs(mats, params.eig_method)
+    scale = 1.0
+    if layer_type == "conv2d" and params.conv2d_norm:
+        scale *= 0.5  # WeightWatcher multiplies conv2d slices by sqrt(1/2)
+    if params.normalize:
+        scale /= N
+    evals = evals * scale
+
+    lambda_max = float(evals[-1])
+    norm = float(np.sum(evals))
+    sv = np.sqrt(evals)
+    rank = _matrix_rank(sv, N)
+    fit = fit_power_law(
+        evals, fix_fingers=params.fix_fingers, max_fingers=params.max_fingers, finger_thresh=params.finger_thresh
+    )
+    alpha = fit.alpha
+    with np.errstate(divide="ignore"):
+        log_alpha_norm = float(special.logsumexp(alpha * np.log(evals)) / math.log(10)) if fit.ok else math.nan
+    edge = mp_edge(evals, N, M, rf)
+    num_above = int(np.count_nonzero(evals > edge))
+    trust, verdict = _verdict(fit, num_above)
+
+    row: dict = {
+        "name": name, "shape": shape, "kind": kind, "block": block, "layer_type": layer_type,
+        "N": int(N), "M": int(M), "Q": N / M, "rf": int(rf), "num_evals": int(evals.size),
+        "lambda_max": lambda_max, "log_spectral_norm": math.log10(lambda_max),
+        "norm": norm, "log_norm": math.log10(norm), "stable_rank": norm / lambda_max,
+        "entropy": _entropy(evals, rank), "matrix_rank": rank, "rank_loss": int(rank_loss),
+        "weak_rank_loss": int(np.count_nonzero(evals < WEAK_RANK_TOL)),
+        "alpha": alpha, "xmin": fit.xmin, "xmax": fit.xmax, "D": fit.D, "sigma": fit.sigma,
+        "num_pl_spikes": int(fit.num_pl_spikes) if fit.ok else 0,
+        "alpha_weighted": alpha * math.log10(lambda_max), "log_alpha_norm": log_alpha_norm,
+        "warning": alpha_warning(alpha), "pl_method": fit.method,
+        "mp_edge": edge, "num_above_mp_edge": num_above, "pl_trust": trust, "pl_verdict": verdict,
+        "eig_method": route,
+    }
+    if params.fix_fingers:
+        row["num_fingers"] = fit.num_fingers
+        row["raw_alpha"] = fit.raw_alpha
+    if params.mp_fit:
+        mp = fit_marchenko_pastur(evals, N, M)
+        row.update({k: mp[k] for k in ("sigma_mp", "bulk_max", "bulk_min", "num_spikes", "mp_softrank")})
+    kept, subsampled = _subsample(evals, params.max_evals_kept)
+    esd: dict = {"evals": kept, "rand_evals": None, "num_evals": int(evals.size), "subsampled": subsampled}
+    if params.randomize:
+        generator = _layer_generator(params.seed, name)
+        rand, _, _ = _pooled_eigs([_shuffled(m, generator) for m in mats], params.eig_method)
+        rand = rand * scale
+        rand_max = float(rand[-1])
+        row.update({
+            "rand_lambda_max": rand_max,
+            "rand_distance": jensen_shannon_distance(evals, rand),
+            "ww_softrank": rand_max / lambda_max,
+            "rand_num_spikes": fit_marchenko_pastur(rand, N, M)["num_spikes"],
+        })
+        esd["rand_evals"] = _subsample(rand, params.max_evals_kept)[0]
+    if params.detx:
+        detx_num, detx_val = detx_constraint(evals)
+        row.update({
+            "detX_num": detx_num, "detX_val": detx_val,
+            "ERG_gap": detx_num - fit.num_pl_spikes if fit.ok else math.nan,
+        })
+    if params.conv2d_fft and t.ndim in (3, 4):
+        n = params.fft_input_size
+        if max(shape[2:]) > n:
+            row["conv_fft_note"] = f"kernel larger than the {n}-pixel input; operator spectrum not computed"
+        else:
+            s = conv_operator_singular_values(t, n)
+            dev = np.abs(s - 1.0)
+            row.update({
+                "conv_fft_n": n, "conv_sv_max": float(s[-1]), "conv_sv_min": float(s[0]),
+                "conv_orth_max_dev": float(dev.max()), "conv_orth_rms_dev": float(np.sqrt(np.mean(dev**2))),
+            })
+            esd["op_evals"] = _subsample(s * s, params.max_evals_kept)[0]
+    # NaN means "not available"; store None, as a reloaded report would.
+    row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+    return row, esd
+
+
+# ---------------------------------------------------------------------------------------
+# A whole model
+
+
+def _robust_matrices(handle, planned: list[str]) -> Iterator[tuple[str, object | None, str]]:
+    """``(name, matrix, "")`` from ``handle.iter_matrices`` over ``planned``; a matrix that cannot
+    be read comes as ``(name, None, reason)`` and iteration resumes after it."""
+    remaining = list(planned)
+    while remaining:
+        it = handle.iter_matrices(set(remaining))
+        while True:
+            try:
+                mat = next(it)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001 - a bad tensor must not stop the others
+                bad = remaining.pop(0)
+                yield bad, None, f"could not be read ({type(exc).__name__}: {exc})"
+                break
+            if mat.name in remaining:
+                remaining.remove(mat.name)
+            yield mat.name, mat, ""
+
+
+def _summary(layers: list[dict], n_skipped: int) -> dict:
+    frame = pd.DataFrame(layers)
+    out: dict = {"num_layers": len(layers), "num_skipped": n_skipped}
+    if frame.empty:
+        return {**out, "mean": {}, "by_block": {}, "by_kind": {}}
+    metrics = [m for m in _HEADLINE if m in frame.columns]
+    numeric = frame[metrics].apply(pd.to_numeric, errors="coerce")
+    out["num_over_trained"] = int((frame["warning"] == "over-trained").sum())
+    out["num_under_trained"] = int((frame["warning"] == "under-trained").sum())
+    out["num_pl_trusted"] = int(frame["pl_trust"].sum())
+    out["mean"] = {m: _mean(numeric[m]) for m in metrics}
+    for key, col in (("by_block", "block"), ("by_kind", "kind")):
+        groups = {}
+        for value, part in numeric.groupby(frame[col].astype(str), sort=False):
+            groups[value] = {"count": int(len(part)), **{m: _mean(part[m]) for m in metrics}}
+        out[key] = groups
+    return out
+
+
+def _mean(values: pd.Series) -> float | None:
+    value = float(values.mean())
+    return value if math.isfinite(value) else None
+
+
+def run(
+    handle,
+    params: SpectraParams | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    names: list[str] | set[str] | None = None,
+) -> SpectraResult:
+    """Analyse every weight matrix of ``handle`` (or only ``names``) and collect the results.
+
+    One matrix that cannot be analysed is listed in ``skipped`` with the reason; the others go
+    on. ``progress(fraction, message)`` is called after each matrix.
+    """
+    params = params or SpectraParams()
+    started = time.perf_counter()
+    all_names = handle.matrix_names()
+    if names is not None:
+        wanted = set(names)
+        unknown = sorted(wanted - set(all_names))
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise OrthoscopeError(f"{handle.name} has no weight matrix named {shown}.")
+        planned = [n for n in all_names if n in wanted]
+    else:
+        planned = list(all_names)
+    skipped: list[dict] = []
+    if names is None:
+        skipped.extend({"name": s.name, "shape": list(s.shape), "reason": s.reason} for s in handle.skipped())
+    layers: list[dict] = []
+    esds: dict = {}
+    per_layer: dict = {}
+    read_s = 0.0
+    total = max(1, len(planned))
+    done = 0
+    mark = time.perf_counter()
+    for name, mat, failure in _robust_matrices(handle, planned):
+        t0 = time.perf_counter()
+        read_s += t0 - mark
+        if mat is None:
+            skipped.append({"name": name, "shape": None, "reason": failure})
+        else:
+            try:
+                row, esd = analyse_matrix(
+                    mat.tensor, params, name=name, kind=mat.kind, block=mat.block, layer_type=mat.layer_type
+                )
+                layers.append(row)
+                esds[name] = esd
+            except LayerSkipped as exc:
+                skipped.append({"name": name, "shape": list(mat.shape), "reason": exc.reason})
+            except Exception as exc:  # noqa: BLE001 - one bad layer never stops the others
+                reason = f"analysis failed ({type(exc).__name__}: {exc})"
+                skipped.append({"name": name, "shape": list(mat.shape), "reason": reason})
+        mark = time.perf_counter()
+        per_layer[name] = mark - t0
+        done += 1
+        if progress is not None:
+            progress(min(1.0, done / total), f"spectra: {name} ({done}/{total})")
+    timings = {"total_s": time.perf_counter() - started, "read_s": read_s, "per_layer_s": per_layer}
+    return SpectraResult(
+        model_name=handle.name,
+        fingerprint=handle.fingerprint,
+        params=params.to_dict(),
+        timings=timings,
+        layers=layers,
+        esds=esds,
+        skipped=skipped,
+        summary=_summary(layers, len(skipped)),
+    )

@@ -1,0 +1,86 @@
+"""Layer spectra: ESD and power-law alpha per weight matrix, with every HTSR / SETOL metric."""
+
+import streamlit as st
+
+import ui
+from charts import spectra as charts
+from diagnostics import spectra
+from models import OrthoscopeError
+from ui import cache, model_picker, report_basket
+
+ui.sidebar()
+st.title("Layer spectra")
+st.caption(
+    "Eigenvalues of W^T W for every weight matrix (WeightWatcher's convention), the heavy-tailed "
+    "power-law exponent alpha fitted by Clauset's method, and the other HTSR / SETOL metrics. "
+    "alpha below 2 suggests over-training, above 6 under-training; a layer whose ESD has no "
+    "eigenvalue beyond the random-matrix (Marchenko-Pastur) edge has no tail worth fitting."
+)
+
+with st.expander("Options", expanded=False):
+    c = st.columns(4)
+    randomize = c[0].checkbox("Randomised baseline", key="spectra_randomize",
+                              help="ESD of each matrix with its elements shuffled: rand_distance, ww_softrank")
+    mp_fit = c[1].checkbox("Marchenko-Pastur fit", key="spectra_mp_fit", help="sigma_mp, bulk edges, num_spikes, mp_softrank")
+    detx = c[2].checkbox("SETOL detX / ERG", key="spectra_detx", help="detX_num, detX_val, ERG_gap")
+    normalize = c[3].checkbox("Divide eigenvalues by N", key="spectra_normalize")
+    c = st.columns(4)
+    fix_fingers = c[0].selectbox("fix_fingers", [None, "clip_xmax"], key="spectra_fix_fingers",
+                                 format_func=lambda v: "off" if v is None else v)
+    conv2d_fft = c[1].checkbox("Exact conv operator spectrum (FFT)", key="spectra_conv2d_fft")
+    min_evals = c[2].number_input("min_evals", min_value=2, value=8, step=1, key="spectra_min_evals")
+    seed = c[3].number_input("seed", min_value=0, value=0, step=1, key="spectra_seed")
+
+handle = model_picker.current_model()
+if handle is not None:
+    try:
+        params = spectra.SpectraParams(
+            normalize=normalize, randomize=randomize, mp_fit=mp_fit, detx=detx, fix_fingers=fix_fingers,
+            conv2d_fft=conv2d_fft, min_evals=int(min_evals), seed=int(seed),
+        )
+        bar = st.progress(0.0, text="Computing spectra ...")
+        result = cache.cached(
+            cache.result_key("spectra", handle.fingerprint, params.to_dict()),
+            lambda: spectra.run(handle, params, progress=lambda f, m: bar.progress(f, text=m)),
+        )
+        bar.empty()
+    except OrthoscopeError as exc:
+        st.error(str(exc))
+        st.stop()
+
+    frame = result.to_frame()
+    if frame.empty:
+        st.warning("No weight matrix of this model could be analysed; see the skipped list below.")
+    else:
+        s = result.summary
+        m = st.columns(5)
+        m[0].metric("Layers analysed", s["num_layers"])
+        m[1].metric("Mean alpha", f"{s['mean']['alpha']:.3f}")
+        m[2].metric("Over-trained (alpha < 2)", s["num_over_trained"])
+        m[3].metric("Under-trained (alpha > 6)", s["num_under_trained"])
+        m[4].metric("Trustworthy tails", f"{s['num_pl_trusted']} of {s['num_layers']}")
+
+        f = st.columns(2)
+        blocks = f[0].multiselect("Blocks", sorted(frame["block"].unique(), key=str), key="spectra_blocks")
+        kinds = f[1].multiselect("Kinds", sorted(frame["kind"].unique()), key="spectra_kinds")
+        mask = frame["block"].isin(blocks or frame["block"]) & frame["kind"].isin(kinds or frame["kind"])
+        shown = frame[mask]
+        names = list(shown["name"])
+
+        st.plotly_chart(charts.alpha_per_layer(result, names), key="spectra_alpha")
+        left, right = st.columns(2)
+        left.plotly_chart(charts.alpha_vs_spectral_norm(result, names), key="spectra_alpha_norm")
+        right.plotly_chart(charts.mean_alpha_per_block(result), key="spectra_blocks_chart")
+
+        chosen = st.selectbox("Layer", names, key="spectra_layer") if names else None
+        if chosen:
+            row = shown.set_index("name").loc[chosen]
+            if not row["pl_trust"]:
+                st.warning(f"{chosen}: {row['pl_verdict']}. Its alpha describes noise, not a heavy tail; do not read it as a training signal.")
+            st.plotly_chart(charts.layer_esd(result, chosen), key="spectra_esd")
+
+        st.dataframe(shown, hide_index=True, key="spectra_table")
+    if result.skipped:
+        with st.expander(f"{len(result.skipped)} tensors not analysed, with the reason"):
+            st.dataframe(result.tables()["skipped"], hide_index=True)
+    report_basket.add_button(result, key="spectra_add")

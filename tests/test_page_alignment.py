@@ -1,0 +1,161 @@
+"""Streamlit AppTest for the Embedding alignment page: arrays, two models, bad input, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import reports
+from charts import alignment as charts
+from diagnostics import alignment as al
+from tests.alignment_fixtures import npy_bytes, planted_pair, texts_csv, tiny_bert_with_tokenizer
+
+TIMEOUT = 180
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGE = "pages/alignment.py"
+FAST = {"align_curves": False, "align_perms": 3}
+
+
+def page(**state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.switch_page(PAGE)
+
+
+def errors(at) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def upload(at: AppTest, key: str, name: str, data: bytes) -> None:
+    at.file_uploader(key=key).set_value((name, data, "application/octet-stream"))
+
+
+def arrays_page(X, Y, labels=None, **state) -> AppTest:
+    at = page(align_mode="Embedding arrays", **{**FAST, **state}).run()
+    upload(at, "align_emb_a", "a.npy", npy_bytes(X))
+    upload(at, "align_emb_b", "b.npy", npy_bytes(Y))
+    if labels is not None:
+        upload(at, "align_labels", "labels.txt", ("\n".join(labels) + "\n").encode())
+    return at.run()
+
+
+def test_arrays_are_aligned_and_the_page_shows_what_the_diagnostic_computes():
+    X, Y, labels = planted_pair(noise=0.05)
+    at = arrays_page(X, Y, labels)
+    assert not errors(at) and not at.exception
+    assert any("Fit and measure" in i.value for i in at.info)
+    at.button(key="align_run").click().run()
+    assert not errors(at) and not at.exception, (errors(at), at.exception)
+    shown = at.dataframe[0].value
+    expected = al.run(al.AlignmentInputs(X=X, Y=Y, labels=labels),
+                      {"curves": False, "n_permutations": 3}).to_frame()
+    assert list(shown["map"]) == list(expected["map"])
+    np.testing.assert_allclose(shown["top1_ab"].astype(float), expected["top1_ab"].astype(float))
+    np.testing.assert_allclose(shown["cos_centred"].astype(float), expected["cos_centred"].astype(float))
+    metrics = {m.label: m.value for m in at.metric}
+    main = expected[(expected["map"] == "procrustes") & (expected["n_anchors"] == expected["n_anchors"].max())]
+    assert metrics["top-1 A→B, procrustes"] == f"{main['top1_ab'].iloc[0]:.1%}"
+    assert metrics["Chance top-1"] == f"{1 / 36:.2%}"
+    assert len(at.get("plotly_chart")) == 5  # bars, heatmaps, projection, singular values, similarity
+    # The widths match, so the page says no width handling was needed.
+    assert any("no width handling was needed" in c.value for c in at.caption)
+
+
+def test_changing_a_setting_asks_for_a_new_run_and_add_to_report_round_trips():
+    X, Y, labels = planted_pair(n=80)
+    at = arrays_page(X, Y, labels, align_curves=True, align_anchor_mode="A fixed number", align_anchors=40)
+    at.button(key="align_run").click().run()
+    assert not errors(at), errors(at)
+    assert len(at.get("plotly_chart")) == 7  # with the anchor-budget and lambda curves
+    at.button(key="align_add").click().run()
+    (result,) = at.session_state["report_results"]
+    assert result.diagnostic == "alignment" and result.params["anchors"] == [40]
+    at.number_input(key="align_seed").set_value(3).run()
+    assert any("settings changed" in i.value for i in at.info)
+    assert not at.dataframe
+
+    viewer = AppTest.from_file(APP, default_timeout=TIMEOUT).switch_page("pages/report_viewer.py").run()
+    viewer.file_uploader(key="report_upload").set_value(("r.json", reports.to_json([result]).encode(), "application/json"))
+    viewer.run()
+    assert not errors(viewer)
+    figs = viewer.get("plotly_chart")
+    assert len(figs) == len(charts.figures(result))
+    assert json.loads(figs[0].proto.spec)["layout"]["title"]["text"].startswith("Held-out scores before")
+
+
+@pytest.mark.parametrize(
+    "X, Y, phrase",
+    [
+        (np.ones(30), np.ones((30, 4)), "is 1-D"),
+        (np.ones((30, 4)), np.ones((29, 4)), "has 30 rows but b.npy has 29"),
+        (np.vstack([np.full((1, 4), np.nan), np.ones((29, 4))]), np.ones((30, 4)), "NaN or infinite values (rows 0"),
+    ],
+)
+def test_bad_arrays_show_a_specific_error(X, Y, phrase):
+    at = arrays_page(X, Y)
+    assert any(phrase in e for e in errors(at)), errors(at)
+    assert not at.exception
+
+
+def test_pickled_upload_is_refused():
+    obj = np.empty(2, dtype=object)
+    at = page(align_mode="Embedding arrays").run()
+    buf = __import__("io").BytesIO()
+    np.save(buf, obj, allow_pickle=True)
+    upload(at, "align_emb_a", "a.npy", buf.getvalue())
+    upload(at, "align_emb_b", "b.npy", npy_bytes(np.ones((2, 2))))
+    at.run()
+    assert any("allow_pickle=False" in e for e in errors(at)), errors(at)
+
+
+def test_fewer_anchors_than_dimensions_is_a_warning_on_the_page():
+    X, Y, labels = planted_pair(n=60, d=40, noise=0.1)
+    at = arrays_page(X, Y, labels, align_anchor_mode="A fixed number", align_anchors=10)
+    at.button(key="align_run").click().run()
+    assert not errors(at) and not at.exception
+    assert any("10 anchors in 40 dimensions" in w.value for w in at.warning)
+
+
+def test_two_models_over_an_uploaded_text_set(tmp_path, monkeypatch):
+    """Model A from the sidebar, model B picked on the page: two tiny BERTs of widths 32 and 48."""
+    a = tiny_bert_with_tokenizer(tmp_path / "tiny-a", seed=0)
+    b = tiny_bert_with_tokenizer(tmp_path / "tiny-b", seed=1, hidden=48)
+    monkeypatch.setenv("ORTHOSCOPE_ALLOWED_ROOTS", str(tmp_path))
+    at = page(model_source="Local path", local_path=str(a), align_b_source="Local path", align_b_path=str(b),
+              align_texts_source="Upload CSV / JSONL", align_anchor_mode="A fixed number", align_anchors=20, **FAST).run()
+    upload(at, "align_texts_upload", "texts.csv", texts_csv(40))
+    at.run()
+    assert not errors(at) and not at.exception, (errors(at), at.exception)
+    assert at.selectbox(key="align_pool_a").value == "auto"
+    at.selectbox(key="align_pool_b").set_value("cls")
+    at.button(key="align_run").click().run()
+    assert not errors(at) and not at.exception, (errors(at), at.exception)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Anchors / held out"] == "20 / 12"
+    result = next(iter(at.session_state["report_results"]), None) if "report_results" in at.session_state else None
+    assert result is None  # nothing is added to the report until asked
+    shown = at.dataframe[0].value
+    assert set(shown["map"]) == {"none", *al.MAPS}
+    # The widths differ: the page explains the PCA it did.
+    assert any("tiny-b was projected from 48 onto its top 32 principal directions" in c.value for c in at.caption)
+    # The embeddings behind it: B pooled by its first token, as chosen.
+    at.button(key="align_add").click().run()
+    (result,) = at.session_state["report_results"]
+    assert result.data["model_b"]["pooling"] == "cls" and result.data["model_a"]["pooling"] == "mean"
+
+
+def test_a_model_that_cannot_embed_texts_is_explained(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "bare.safetensors"
+    save_file({"layers.0.fc1.weight": torch.zeros(16, 16)}, path)
+    monkeypatch.setenv("ORTHOSCOPE_ALLOWED_ROOTS", str(tmp_path))
+    at = page(align_b_source="Local path", align_b_path=str(path)).run()
+    assert any("alignment embeds texts with encoders" in e for e in errors(at)), errors(at)
+    assert not at.exception

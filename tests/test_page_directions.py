@@ -1,0 +1,123 @@
+"""AppTest for the Latent directions page: the real MiniLM run, recomputing, bad input."""
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from streamlit.testing.v1 import AppTest
+
+import reports
+from diagnostics.directions import DEFAULTS, DirectionsResult
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGE = "pages/directions.py"
+
+
+def page(**state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.switch_page(PAGE)
+    return at.run()
+
+
+def values(field) -> np.ndarray:
+    """Plotly's JSON writes numpy arrays as base64 ('bdata'); lists stay lists."""
+    if isinstance(field, dict):
+        data = np.frombuffer(base64.b64decode(field["bdata"]), dtype=field["dtype"])
+        return data.reshape([int(n) for n in field["shape"].split(",")]) if "shape" in field else data
+    return np.asarray(field, dtype=float)
+
+
+def errors(at) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def infos(at) -> list[str]:
+    return [i.value for i in at.info]
+
+
+def test_minilm_page_shows_every_section_computed_from_the_result():
+    at = page()
+    assert not at.exception, at.exception
+    assert not errors(at)
+    assert at.selectbox(key="directions_block").value == "3"
+    assert at.selectbox(key="directions_kind").value == "mlp-down"
+    assert at.selectbox(key="directions_matrix").value == "encoder.layer.3.output.dense.weight"
+
+    at.button(key="directions_add").click().run()
+    (result,) = at.session_state["report_results"]
+    assert isinstance(result, DirectionsResult) and result.k == 10
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Shape (out x in)"] == "384 x 1536"
+    assert metrics["Rank"] == "384"
+    assert metrics["Effective rank"] == f"{result.effective_rank:.1f}"
+    assert metrics["Closed-form distance, k = 10"] == f"{result.fit['bound']:.4g}"
+    assert float(metrics["Rebuild error, full rank"]) < 1e-12
+
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert len(charts) == 7  # spectrum, SeFa/SVD, projector, fit, orthogonality, cross-talk, traversal
+    assert np.array_equal(values(charts[0]["data"][0]["y"]), result.singular_values)
+    assert np.array_equal(values(charts[1]["data"][0]["z"]), result.sefa_vs_svd)
+
+    readout, samples = at.dataframe[0].value, at.dataframe[1].value
+    assert list(readout["index"]) == list(range(1, 11))
+    assert readout["top_sentences"].str.count(r" \| ").eq(2).all()  # three sentences per direction
+    assert list(samples["alpha"]) == result.params["alphas"]
+    assert samples.loc[samples["alpha"] == 0, "shift"].iloc[0] == 0.0
+    assert (samples.loc[samples["alpha"] != 0, "shift"] > 0).all()
+    assert "encoder.layer.3.output.dense" in " ".join(c.value for c in at.caption)
+
+
+    # The saved report shows the same charts on the report viewer.
+    viewer = AppTest.from_file(APP, default_timeout=300)
+    viewer.switch_page("pages/report_viewer.py").run()
+    viewer.file_uploader(key="report_upload").set_value(("report.json", reports.to_json([result]).encode(), "application/json"))
+    viewer.run()
+    assert not viewer.exception and not errors(viewer)
+    shown = [json.loads(c.proto.spec) for c in viewer.get("plotly_chart")]
+    assert len(shown) == 7
+    assert np.array_equal(values(shown[0]["data"][0]["y"]), result.singular_values)
+
+
+def test_changed_settings_wait_for_compute_and_the_matrix_picker_cascades():
+    at = page()
+    at.number_input(key="directions_k").set_value(4).run()
+    assert any("press Compute" in i for i in infos(at))
+    assert "Closed-form distance, k = 10" in {m.label for m in at.metric}  # still the old result
+    at.button(key="directions_compute").click().run()
+    assert not any("press Compute" in i for i in infos(at))
+    assert "Closed-form distance, k = 4" in {m.label for m in at.metric}
+    assert at.multiselect(key="directions_traverse").value == DEFAULTS["traverse"]  # all still <= k
+
+    at.selectbox(key="directions_block").set_value("embeddings").run()
+    assert at.selectbox(key="directions_kind").value == "embedding"
+    assert at.selectbox(key="directions_matrix").options == [
+        "embeddings.position_embeddings.weight  (512 x 384)", "embeddings.word_embeddings.weight  (30522 x 384)",
+    ]
+    at.text_input(key="directions_alphas").set_value("-0.5, zero").run()
+    assert any("alphas: cannot read" in e for e in errors(at)), errors(at)
+    assert not at.exception
+
+
+def test_uploaded_state_dict_errors_for_k_above_the_rank_and_explains_the_missing_traversal(tmp_path):
+    path = tmp_path / "low-rank.safetensors"
+    low_rank = torch.randn(16, 2) @ torch.randn(2, 24)
+    save_file({"layers.0.fc1.weight": low_rank, "layers.0.fc1.bias": torch.zeros(16)}, path)
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["model_source"] = "Upload"
+    at.switch_page(PAGE)
+    at.run()
+    at.sidebar.file_uploader(key="upload_ckpt").set_value(("low-rank.safetensors", path.read_bytes(), "application/octet-stream"))
+    at.run()
+    assert any("k=10 is larger than the rank of layers.0.fc1.weight (2" in e for e in errors(at)), errors(at)
+    assert not at.exception
+
+    at.number_input(key="directions_k").set_value(2).run()
+    at.button(key="directions_compute").click().run()
+    assert not errors(at)
+    assert {m.label: m.value for m in at.metric}["Rank"] == "2"
+    assert any("No traversal: readout and traversal cover language models and text encoders" in i for i in infos(at))

@@ -1,0 +1,63 @@
+"""AppTest for the Layer spectra page."""
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TIMEOUT = 300
+
+
+def spectra_page(**state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.switch_page("pages/spectra.py")
+
+
+def test_spectra_page_on_the_default_builtin():
+    at = spectra_page().run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Layers analysed"] == "39"
+    table = at.dataframe[0].value
+    assert len(table) == 39
+    for column in ("alpha", "xmin", "D", "sigma", "num_pl_spikes", "alpha_weighted", "stable_rank", "entropy"):
+        assert column in table.columns
+    assert float(metrics["Mean alpha"]) == round(table["alpha"].mean(), 3)
+    assert len(at.get("plotly_chart")) == 4  # alpha per layer, alpha vs norm, per block, ESD
+
+
+def test_filters_and_layer_choice_drive_the_table_and_esd():
+    at = spectra_page(spectra_kinds=["attention-q"]).run()
+    table = at.dataframe[0].value
+    assert set(table["kind"]) == {"attention-q"} and len(table) == 6
+    assert at.selectbox(key="spectra_layer").options == list(table["name"])
+
+
+def test_options_add_their_columns():
+    at = spectra_page(spectra_randomize=True, spectra_detx=True, spectra_mp_fit=True).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    for column in ("rand_distance", "ww_softrank", "detX_num", "ERG_gap", "sigma_mp", "mp_softrank"):
+        assert column in table.columns
+
+
+def test_random_layer_is_flagged_as_untrustworthy(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "random.safetensors"
+    save_file({"layers.0.fc1.weight": torch.randn(400, 200)}, path)
+    at = spectra_page(model_source="Upload").run()
+    at.sidebar.file_uploader(key="upload_ckpt").set_value(("random.safetensors", path.read_bytes(), "application/octet-stream"))
+    at.run()
+    assert not at.exception, at.exception
+    assert any("no heavy tail" in w.value for w in at.warning), [w.value for w in at.warning]
+
+
+def test_adding_spectra_to_the_report():
+    at = spectra_page().run()
+    at.button(key="spectra_add").click().run()
+    (result,) = at.session_state["report_results"]
+    assert result.diagnostic == "spectra" and len(result.layers) == 39
