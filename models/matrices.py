@@ -10,6 +10,7 @@ dropped silently.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -125,8 +126,12 @@ def classify(
     low = name.lower()
     if tensor.ndim == 2 and tensor.shape[0] == 1:
         return [], Skipped(name, shape, "too small: a single row (a buffer or learned token)")
-    if min(shape[:2]) < MIN_SIDE:
-        return [], Skipped(name, shape, f"too small: smallest side {min(shape[:2])} < {MIN_SIDE}")
+    # A conv kernel pools one (out, in) slice per kernel position, so a first layer such as
+    # (64, 3, 7, 7) still has 3 x 49 eigenvalues; count those, not its smallest side.
+    positions = math.prod(shape[2:])
+    if min(shape[:2]) * positions < MIN_SIDE:
+        what = f"smallest side {min(shape[:2])}" + (f" x {positions} kernel positions" if positions > 1 else "")
+        return [], Skipped(name, shape, f"too small: {what} < {MIN_SIDE}")
     block = block_of(name)
     if tensor.ndim == 3:
         return [WeightMatrix(name, tensor, "conv1d", block, "conv1d")], None

@@ -302,3 +302,13 @@ def test_meta_tensors_plan_the_same_as_data(tiny_bert):
         real, r_skip = classify(name, t)
         assert [(m.name, m.kind, m.shape) for m in planned] == [(m.name, m.kind, m.shape) for m in real]
         assert p_skip == r_skip
+
+
+def test_first_conv_layer_with_three_input_channels_is_analysed():
+    # (64, 3, 7, 7): 3 x 49 pooled eigenvalues, as WeightWatcher counts them.
+    mats, skipped = classify("conv1.weight", torch.randn(64, 3, 7, 7))
+    assert skipped is None and mats[0].layer_type == "conv2d"
+    _, skipped = classify("conv1.weight", torch.randn(64, 3, 1, 1))
+    assert skipped.reason == "too small: smallest side 3 < 8"
+    _, skipped = classify("conv1d.weight", torch.randn(16, 1, 5))
+    assert skipped.reason == "too small: smallest side 1 x 5 kernel positions < 8"
