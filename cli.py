@@ -49,7 +49,8 @@ def failed_checks(frame, checks) -> list[str]:
         values = frame[column]
         hit = values.notna() & _OPS[op](values, value)
         for _, row in frame[hit].iterrows():
-            lines.append(f"{row.get('name', '?')}: {column}={row[column]:.6g} ({column}{op}{value:g})")
+            label = row["name"] if "name" in frame.columns else f"{frame.columns[0]}={row[frame.columns[0]]}"
+            lines.append(f"{label}: {column}={row[column]:.6g} ({column}{op}{value:g})")
     return lines
 
 
