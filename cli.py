@@ -185,8 +185,8 @@ def cmd_alignment(args) -> list:
     else:
         if not (args.emb_a and args.emb_b):
             raise OrthoscopeError("give both --emb-a and --emb-b.")
-        read = lambda path: adata.read_file(path) if path else None  # noqa: E731
-        inputs = adata.array_inputs(read(args.emb_a), read(args.emb_b), read(args.labels), read(args.emb_a2), read(args.emb_b2))
+        files = (args.emb_a, args.emb_b, args.labels, args.emb_a2, args.emb_b2)
+        inputs = adata.array_inputs(*[adata.read_file(path) if path else None for path in files])
     params = {
         "maps": [m.strip() for m in args.maps.split(",") if m.strip()], "anchors": [args.anchors] if args.anchors else None,
         "seed": args.seed, "strategy": args.strategy, "width": args.width, "test_fraction": args.test_fraction,

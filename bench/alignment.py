@@ -9,9 +9,12 @@ permutation nulls), and ``scipy.linalg.orthogonal_procrustes`` on the same centr
 the process's BLAS threads and with one. Medians over the repeats, all in this one process.
 
 Why Orthoscope fits Procrustes with its own SVD: every map shares the anchors' cross products
-and eigenbasis, and ``run`` keeps BLAS on one thread, because the threaded SVD of a d x d matrix
-is many times slower than the single-threaded one whenever the cores are busy (the last lines
-time both on a 384 x 384 matrix).
+and eigenbasis, and ``run`` keeps BLAS on one thread (the map-free measures run in a second
+Python thread), because the threaded SVD of a d x d matrix is many times slower than the
+single-threaded one whenever the cores are busy (the last lines time both on a 384 x 384 matrix;
+the gap shows only when other jobs hold a core, so the load average is printed first). The line
+"procrustes alone" includes the anchors' Gram matrix and its eigenbasis, which scipy does not
+compute and the other five maps then reuse.
 """
 
 from __future__ import annotations
@@ -88,8 +91,8 @@ def main() -> int:
     print(f"np.linalg.svd of the {args.dims} x {args.dims} cross product: default threads {svd_default:.3f} s, "
           f"one thread {svd_1t:.3f} s")
     print(f"held-out top-1 A->B: procrustes {frame.loc['procrustes', 'top1_ab']:.3f}, none "
-          f"{frame.loc['none', 'top1_ab']:.3f}; penalised fit ran {result.params['penalised_lambda']:g}-lambda "
-          f"to ||W^T W - I|| = {penalised['orth_error']:.3g}")
+          f"{frame.loc['none', 'top1_ab']:.3f}; penalised map (lambda {result.params['penalised_lambda']:g}): "
+          f"||W^T W - I|| = {penalised['orth_error']:.3g}")
     return 0
 
 

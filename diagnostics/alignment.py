@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
@@ -92,7 +93,7 @@ METRIC_COLUMNS = (
 )
 
 
-_THREADS = ThreadpoolController()
+_THREADS = ThreadpoolController()  # limits BLAS threads around run() (see its docstring)
 
 
 # ---------------------------------------------------------------------------------------
@@ -327,7 +328,7 @@ class Fitter:
         scaling and needed 5-30x longer here (tests/test_alignment.py compares the minima).
         Stops when one step lowers ``f`` by less than ``tol * max(|f|, 1)``.
         """
-        d, eye = self.d, np.eye(self.d)
+        eye = np.eye(self.d)
         evals, V = self.full_eigh()
         Bt = V.T @ (self.XtY / self.N)
         inv_h0 = 1.0 / (2 * evals + 8 * lam + 1e-12)
@@ -740,7 +741,6 @@ class AlignmentInputs:
     modality: str = "rows"
     X2: np.ndarray | None = None
     Y2: np.ndarray | None = None
-    labels2: list[str] | None = None
     modality2: str = ""
     class_names: list[str] | None = None
     prompts_a: np.ndarray | None = None
@@ -834,8 +834,9 @@ def run(inputs: AlignmentInputs, params: dict | None = None, progress: Progress 
 
     Runs on one BLAS thread: the work is many small dense products and factorisations (d x d
     with d of a few hundred), which threads barely speed up on an idle machine and slow down
-    10-50x on busy cores (OpenBLAS's threaded SVD of a 384 x 384 matrix: 0.3-1.2 s against 0.05 s
-    on one thread; bench/alignment.py prints both).
+    10-50x on busy cores (OpenBLAS's threaded SVD of a 384 x 384 matrix: 0.3-2 s against 0.05 s
+    on one thread; bench/alignment.py prints both). The map-free measures, which need no map,
+    run in a second Python thread beside the fits, so a free second core is still used.
     """
     with _THREADS.limit(limits=1, user_api="blas"):
         return _run(inputs, params, progress)
@@ -866,23 +867,18 @@ def _run(inputs: AlignmentInputs, params: dict | None, progress: Progress | None
         raise OrthoscopeError(f"{counts[0]} anchor(s) cannot fit a map; use at least 2.")
     test_labels = [labels[i] for i in test] if labels else None
 
-    # Main table: every map at every anchor count, anchors drawn once per count.
-    t0 = time.perf_counter()
-    rows = [_metric_row(identity_map(d), Xw[test], Yw[test], test_labels, 0, p)]
-    detail_fitter = detail_maps = None
-    rng = np.random.default_rng(p["seed"])
-    for i, n in enumerate(counts):
-        report(0.05 + 0.35 * i / len(counts), f"fitting maps on {n} anchors")
-        anchors = choose_anchors(Xw, pool, n, p["strategy"], rng)
-        fitter = Fitter(Xw[anchors], Yw[anchors], proper=p["proper"], scale=p["scale"])
-        maps = [fitter.fit(name, p) for name in p["maps"]]
-        rows += [_metric_row(m, Xw[test], Yw[test], test_labels, n, p) for m in maps]
-        detail_fitter, detail_maps, detail_anchors = fitter, maps, anchors
-    timings["fit_and_score_s"] = time.perf_counter() - t0
+    # The map-free measures need no map: they run on a second core, if there is one, meanwhile,
+    # on each space at its own width after the same shift and normalisation as the maps see.
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        similarity_job = executor.submit(
+            _timed, similarity_with_nulls, prep["Xn"][test], prep["Yn"][test], n_permutations=p["n_permutations"],
+            seed=p["seed"], k=p["knn_k"], svcca_dims=p["svcca_dims"])
+        rows, detail_fitter, detail_maps, detail_anchors = _main_table(prep, counts, test_labels, p, report, timings)
+        similarity, timings["similarity_s"] = similarity_job.result()
     n_detail = counts[-1]
     warnings += _warnings(detail_fitter, detail_maps, n_detail, d, prep)
 
-    report(0.42, "map geometry and map-free similarity")
+    report(0.42, "map geometry")
     t0 = time.perf_counter()
     geometry = [
         {"map": m.name, "lambda": m.lam, "n_anchors": n_detail, **map_geometry(m.W),
@@ -890,11 +886,6 @@ def _run(inputs: AlignmentInputs, params: dict | None, progress: Progress | None
         for m in detail_maps
     ]
     timings["geometry_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    # Map-free: each space at its own width, after the same shift and normalisation as the maps see.
-    similarity = similarity_with_nulls(prep["Xn"][test], prep["Yn"][test], n_permutations=p["n_permutations"],
-                                       seed=p["seed"], k=p["knn_k"], svcca_dims=p["svcca_dims"])
-    timings["similarity_s"] = time.perf_counter() - t0
 
     cross, zshot = _other_modality(inputs, prep, detail_maps, test, labels, p)
 
@@ -955,6 +946,28 @@ def _run(inputs: AlignmentInputs, params: dict | None, progress: Progress | None
     )
     # The page shows exactly what a saved report reloads: plain JSON values, no arrays.
     return AlignmentResult.from_dict(result.to_dict())
+
+
+def _timed(func, *args, **kwargs):
+    start = time.perf_counter()
+    out = func(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+def _main_table(prep: dict, counts: list[int], test_labels, p: dict, report: Progress, timings: dict):
+    """Every map at every anchor count (anchors drawn once per count), plus the no-map row."""
+    start = time.perf_counter()
+    pool, test, Xw, Yw = prep["pool"], prep["test"], prep["X"], prep["Y"]
+    rows = [_metric_row(identity_map(Xw.shape[1]), Xw[test], Yw[test], test_labels, 0, p)]
+    rng = np.random.default_rng(p["seed"])
+    for i, n in enumerate(counts):
+        report(0.05 + 0.35 * i / len(counts), f"fitting maps on {n} anchors")
+        anchors = choose_anchors(Xw, pool, n, p["strategy"], rng)
+        fitter = Fitter(Xw[anchors], Yw[anchors], proper=p["proper"], scale=p["scale"])
+        maps = [fitter.fit(name, p) for name in p["maps"]]
+        rows += [_metric_row(m, Xw[test], Yw[test], test_labels, n, p) for m in maps]
+    timings["fit_and_score_s"] = time.perf_counter() - start
+    return rows, fitter, maps, anchors
 
 
 def _prepare(X: np.ndarray, Y: np.ndarray, p: dict, labels) -> dict:
@@ -1109,8 +1122,7 @@ def _other_modality(inputs: AlignmentInputs, prep: dict, maps: list[Map], test, 
                 )
         paired = X2.shape[0] == inputs.X.shape[0]
         rows = test if paired else np.arange(X2.shape[0])
-        labels2 = check_labels(inputs.labels2, X2.shape[0], "second-modality labels")
-        lab2 = [labels2[i] for i in rows] if labels2 else ([labels[i] for i in rows] if paired and labels else None)
+        lab2 = [labels[i] for i in rows] if paired and labels else None
         X2w, Y2w = _prepare_other(X2, "a", prep, p)[rows], _prepare_other(Y2, "b", prep, p)[rows]
         if len(rows) < 2:
             raise OrthoscopeError("the second modality needs at least 2 rows to score retrieval.")

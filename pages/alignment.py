@@ -135,8 +135,7 @@ def _arrays() -> tuple[alignment.AlignmentInputs | None, str]:
         return None, ""
     files = [f for f in (a, b, lab, a2, b2) if f is not None]
     uploads.check_total_size([f.size for f in files], _limit())
-    pair = lambda f: (f.name, f.getvalue()) if f is not None else None  # noqa: E731
-    inputs = adata.array_inputs(pair(a), pair(b), pair(lab), pair(a2), pair(b2))
+    inputs = adata.array_inputs(*[(f.name, f.getvalue()) if f is not None else None for f in (a, b, lab, a2, b2)])
     return inputs, inputs.source["sha256"]
 
 
@@ -275,14 +274,18 @@ try:
             st.stop()
         what = {"a": side_a.describe(), "b": side_b.describe(), "fa": a_model.fingerprint, "fb": b_model.fingerprint,
                 "data": images.sha256 if images else texts.sha256, "fit_on": fit_on}
-        build = lambda progress: adata.model_inputs(side_a, side_b, texts, images, fit_on=fit_on, embed=_embed,  # noqa: E731
-                                                    progress=progress)
+
+        def build(progress):
+            return adata.model_inputs(side_a, side_b, texts, images, fit_on=fit_on, embed=_embed, progress=progress)
     else:
         arrays, sha = _arrays()
         if arrays is None:
             st.stop()
         what = {"arrays": sha}
-        build = lambda progress: arrays  # noqa: E731
+
+        def build(progress):
+            return arrays
+
     params = _options()
     signature = json.dumps({"what": what, "params": params}, sort_keys=True, default=str)
     # A callback's flag, not the button's return value: it survives the rerun ui.sidebar() may trigger.

@@ -50,3 +50,47 @@ def texts_csv(n: int = 40) -> bytes:
         words = rng.choice(WORDS, size=5)
         lines.append(f"{' '.join(words)} {i % 7},{'odd' if i % 2 else 'even'}")
     return ("\n".join(lines) + "\n").encode()
+
+
+def tiny_clip_folder(folder: Path, seed: int) -> Path:
+    """A randomly initialised CLIPModel (save_pretrained) with a tiny BPE tokenizer and image processor."""
+    import json
+
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=40, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        projection_dim=16,
+    )
+    CLIPModel(cfg).eval().save_pretrained(folder)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def image_set(n: int = 24) -> tuple[list[tuple[str, bytes]], tuple[str, bytes]]:
+    """``n`` generated PNG squares in three colours, and a captions.csv naming each with its colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+    files, rows = [], ["image,text,label"]
+    for i in range(n):
+        label = list(colours)[i % 3]
+        pixels = np.clip(np.array(colours[label]) + rng.normal(0, 30, (24 + i % 5, 28, 3)), 0, 255).astype("uint8")
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        files.append((f"img{i}.png", buf.getvalue()))
+        rows.append(f"img{i}.png,a {label} square number {i},{label}")
+    return files, ("captions.csv", ("\n".join(rows) + "\n").encode())

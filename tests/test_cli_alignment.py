@@ -134,3 +134,45 @@ def test_subprocess_exits_2_without_a_traceback(arrays, tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: {arrays / 'nope.npy'} does not exist."]
+
+
+def test_a_second_modality_is_scored_with_the_map_fitted_on_the_first(tmp_path):
+    rng = np.random.default_rng(0)
+    X, Y, _ = planted_pair(n=120, d=8)
+    X2 = rng.standard_normal((50, 8)).astype(np.float32)
+    Q = np.linalg.lstsq(X - X.mean(0), Y - Y.mean(0), rcond=None)[0]  # the planted map, recovered exactly
+    Y2 = (X2 - X.mean(0)) @ Q + Y.mean(0)
+    for name, a in (("a", X), ("b", Y), ("a2", X2), ("b2", Y2)):
+        np.save(tmp_path / f"{name}.npy", a)
+    out = tmp_path / "out"
+    code = cli.main(["alignment", "--emb-a", str(tmp_path / "a.npy"), "--emb-b", str(tmp_path / "b.npy"),
+                     "--emb-a2", str(tmp_path / "a2.npy"), "--emb-b2", str(tmp_path / "b2.npy"), "--no-normalise",
+                     "--anchors", "60", "--maps", "procrustes", "--out", str(out), *FAST])
+    assert code == 0
+    cross = {r["map"]: r for r in rows(out / "cross_modal.csv")}
+    assert cross["procrustes"]["n_test"] == "50" and float(cross["procrustes"]["top1_ab"]) == 1.0
+    np.save(tmp_path / "b2.npy", np.ones((50, 5)))
+    assert cli.main(["alignment", "--emb-a", str(tmp_path / "a.npy"), "--emb-b", str(tmp_path / "b.npy"),
+                     "--emb-a2", str(tmp_path / "a2.npy"), "--emb-b2", str(tmp_path / "b2.npy"),
+                     "--out", str(out), *FAST]) == 2
+
+
+def test_two_clip_models_over_an_image_folder(tmp_path):
+    from tests.alignment_fixtures import image_set, tiny_clip_folder
+
+    a, b = tiny_clip_folder(tmp_path / "clip-a", 0), tiny_clip_folder(tmp_path / "clip-b", 1)
+    images = tmp_path / "images"
+    images.mkdir()
+    files, (captions_name, captions) = image_set(18)
+    for name, data in files:
+        (images / name).write_bytes(data)
+    (images / captions_name).write_bytes(captions)
+    out = tmp_path / "out"
+    code = cli.main(["alignment", "--model-a", str(a), "--model-b", str(b), "--images", str(images), "--fit-on", "texts",
+                     "--anchors", "8", "--maps", "procrustes", "--out", str(out), *FAST])
+    assert code == 0
+    cross = rows(out / "cross_modal.csv")
+    assert {(r["fitted_on"], r["tested_on"]) for r in cross} == {("texts", "images")}
+    (images / captions_name).unlink()
+    assert cli.main(["alignment", "--model-a", str(a), "--model-b", str(b), "--images", str(images),
+                     "--out", str(out), *FAST]) == 2

@@ -159,3 +159,25 @@ def test_a_model_that_cannot_embed_texts_is_explained(tmp_path, monkeypatch):
     at = page(align_b_source="Local path", align_b_path=str(path)).run()
     assert any("alignment embeds texts with encoders" in e for e in errors(at)), errors(at)
     assert not at.exception
+
+
+def test_two_clip_models_fit_on_images_and_test_on_texts(tmp_path, monkeypatch):
+    from tests.alignment_fixtures import image_set, tiny_clip_folder
+
+    a, b = tiny_clip_folder(tmp_path / "clip-a", 0), tiny_clip_folder(tmp_path / "clip-b", 1)
+    monkeypatch.setenv("ORTHOSCOPE_ALLOWED_ROOTS", str(tmp_path))
+    at = page(model_source="Local path", local_path=str(a), align_b_source="Local path", align_b_path=str(b),
+              align_anchor_mode="A fixed number", align_anchors=12, **FAST).run()
+    assert not errors(at) and not at.exception, (errors(at), at.exception)
+    files, captions = image_set(24)
+    at.file_uploader(key="align_images").set_value([(n, d, "image/png") for n, d in files])
+    at.file_uploader(key="align_captions").set_value((captions[0], captions[1], "text/csv"))
+    at.run()
+    assert at.radio(key="align_fit_on").value == "images"
+    at.button(key="align_run").click().run()
+    assert not errors(at) and not at.exception, (errors(at), at.exception)
+    assert len(at.get("plotly_chart")) == 7  # the five, plus the cross-modal and zero-shot bars
+    at.button(key="align_add").click().run()
+    (result,) = at.session_state["report_results"]
+    assert {c["tested_on"] for c in result.cross_modal} == {"texts"}
+    assert result.data["fit_on"] == "images" and result.zero_shot
