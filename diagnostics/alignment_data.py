@@ -469,22 +469,19 @@ def _batched(items: list, run, progress: Progress | None) -> np.ndarray:
     """
     import torch
 
+    from diagnostics.threads import single_thread
+
     order = sorted(range(len(items)), key=lambda i: len(items[i]) if isinstance(items[i], str) else 0)
     out: list = [None] * len(items)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), BATCH):
-                idx = order[start : start + BATCH]
-                vecs = run([items[i] for i in idx])
-                vecs = vecs.detach().float().numpy() if hasattr(vecs, "detach") else np.asarray(vecs, dtype=np.float32)
-                for i, v in zip(idx, vecs):
-                    out[i] = v
-                if progress is not None:
-                    progress(min(1.0, (start + len(idx)) / len(items)), f"{start + len(idx)} of {len(items)}")
-    finally:
-        torch.set_num_threads(threads)
+    with single_thread(), torch.inference_mode():
+        for start in range(0, len(order), BATCH):
+            idx = order[start : start + BATCH]
+            vecs = run([items[i] for i in idx])
+            vecs = vecs.detach().float().numpy() if hasattr(vecs, "detach") else np.asarray(vecs, dtype=np.float32)
+            for i, v in zip(idx, vecs):
+                out[i] = v
+            if progress is not None:
+                progress(min(1.0, (start + len(idx)) / len(items)), f"{start + len(idx)} of {len(items)}")
     return np.stack(out).astype(np.float32)
 
 

@@ -56,6 +56,7 @@ import pandas as pd
 import torch
 
 from diagnostics.result import Result
+from diagnostics.threads import single_thread
 from models import ModelHandle, OrthoscopeError, WeightMatrix
 from models.matrices import classify
 
@@ -808,22 +809,6 @@ def _run(handle: ModelHandle, params: dict | None, progress: Progress | None) ->
         crosstalk=crosstalk.tolist(), crosstalk_cos=(crosstalk / torch.outer(d, d)).tolist(),
         readout=readout, traversal=traversal,
     )
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one thread inside the block.
-
-    The fit, the traversal and generation are long chains of small operations; on this project's
-    2-core machine, shared with other processes, two torch threads made them 3-4x slower than one
-    (and the SVDs about 2x slower).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _orthogonality_max(Q: torch.Tensor) -> float:
