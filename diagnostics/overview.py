@@ -11,6 +11,7 @@ import torch
 
 from diagnostics.result import Result
 from models import ModelHandle
+from models.matrices import block_of
 
 Progress = Callable[[float, str], None]
 
@@ -58,7 +59,7 @@ def run(handle: ModelHandle, params: dict | None = None, progress: Progress | No
     params_by_block: dict[str, int] = {}
     params_by_kind: dict[str, int] = {}
     for row in rows:
-        block = row.block if row.analysed else _block_for_skipped(row.name)
+        block = row.block if row.analysed else block_of(row.name)
         params_by_block[block] = params_by_block.get(block, 0) + row.numel
         kind = row.kind if row.analysed else "norms, biases, buffers"
         params_by_kind[kind] = params_by_kind.get(kind, 0) + row.numel
@@ -74,8 +75,3 @@ def run(handle: ModelHandle, params: dict | None = None, progress: Progress | No
         params_by_kind=params_by_kind,
     )
 
-
-def _block_for_skipped(name: str) -> str:
-    from models.matrices import block_of
-
-    return block_of(name)
