@@ -238,6 +238,12 @@ def test_neox_folder_uses_config_head_count(tmp_path):
 # Kinds and blocks on real architectures
 
 
+def _assert_kinds(state: dict, expected: dict, model_type: str) -> None:
+    for name, (kind, block, layer_type) in expected.items():
+        m = one(name, state[name], model_type=model_type, num_heads=4)
+        assert (m.kind, m.block, m.layer_type) == (kind, block, layer_type), name
+
+
 def test_bert_kinds_and_blocks(tiny_bert):
     expected = {
         "embeddings.word_embeddings.weight": ("embedding", "embeddings", "embedding"),
@@ -251,9 +257,7 @@ def test_bert_kinds_and_blocks(tiny_bert):
         "pooler.dense.weight": ("pooler", "head", "linear"),
     }
     state = tiny_bert.state_dict()
-    for name, (kind, block, layer_type) in expected.items():
-        m = one(name, state[name], model_type="bert", num_heads=4)
-        assert (m.kind, m.block, m.layer_type) == (kind, block, layer_type), name
+    _assert_kinds(state, expected, model_type="bert")
     analysed = {n for n, t in state.items() if classify(n, t)[1] is None}
     assert analysed == {n.replace(".1.", f".{i}.") for n in expected for i in (0, 1)}
 
@@ -274,9 +278,7 @@ def test_llama_kinds_and_blocks():
         "model.layers.1.mlp.down_proj.weight": ("mlp-down", "1", "linear"),
         "lm_head.weight": ("head", "head", "linear"),
     }
-    for name, (kind, block, layer_type) in expected.items():
-        m = one(name, state[name], model_type="llama", num_heads=4)
-        assert (m.kind, m.block, m.layer_type) == (kind, block, layer_type), name
+    _assert_kinds(state, expected, model_type="llama")
     assert skip_reason("model.norm.weight", state["model.norm.weight"]).startswith("1-D")
     assert block_of("model.norm.weight") == "head"
 
