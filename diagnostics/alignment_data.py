@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from diagnostics.alignment import AlignmentInputs, as_matrix, check_pair, content_hash
+from diagnostics.records import read_records
 from models.errors import OrthoscopeError
 
 Progress = Callable[[float, str], None]
@@ -78,36 +79,9 @@ def load_text_set(spec: str) -> TextSet:
     return read_text_set(path.read_bytes(), path.name)
 
 
-def _records(data: bytes, filename: str) -> list[dict]:
-    """Rows of a CSV (with a header) or JSONL file, as dicts of strings."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise OrthoscopeError(f"{filename} is not UTF-8 text.") from None
-    if not text.strip():
-        raise OrthoscopeError(f"{filename} is empty.")
-    if filename.lower().endswith((".jsonl", ".json", ".ndjson")) or text.lstrip().startswith("{"):
-        rows = []
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise OrthoscopeError(f"{filename}, line {i}: not a JSON object ({exc.msg}).") from None
-            if not isinstance(obj, dict):
-                raise OrthoscopeError(f"{filename}, line {i}: expected a JSON object per line.")
-            rows.append(obj)
-        return rows
-    try:
-        return list(csv.DictReader(io.StringIO(text)))
-    except csv.Error as exc:
-        raise OrthoscopeError(f"{filename} is not a readable CSV file ({exc}).") from None
-
-
 def read_text_set(data: bytes, filename: str, name: str | None = None) -> TextSet:
     """Texts with optional labels, from a CSV with a ``text`` column (and ``label``) or JSONL objects."""
-    rows = _records(data, filename)
+    rows = read_records(data, filename)
     if not rows:
         raise OrthoscopeError(f"{filename} holds no rows.")
     if "text" not in rows[0]:
@@ -165,7 +139,7 @@ def read_image_set(files: list[tuple[str, bytes]], captions: tuple[str, bytes]) 
         raise OrthoscopeError(f"no images found (expected {', '.join(IMAGE_SUFFIXES)} files).")
     if len(by_name) > MAX_IMAGES:
         raise OrthoscopeError(f"{len(by_name)} images; the limit is {MAX_IMAGES}.")
-    rows = _records(captions[1], captions[0])
+    rows = read_records(captions[1], captions[0])
     if not rows or not {"image", "text"} <= set(rows[0]):
         raise OrthoscopeError(f"{captions[0]} needs the columns 'image' and 'text' (and optionally 'label').")
     names, images, texts, labels = [], [], [], []
@@ -295,7 +269,7 @@ def read_labels(data: bytes, filename: str, n: int | None = None) -> list[str]:
             raise OrthoscopeError(f"{filename}: labels must be a 1-D array (got shape {arr.shape}).")
         labels = [str(v) for v in arr.tolist()]
     elif low.endswith((".csv", ".jsonl", ".json")):
-        rows = _records(data, filename)
+        rows = read_records(data, filename)
         if not rows or "label" not in rows[0]:
             raise OrthoscopeError(f"{filename} has no 'label' column.")
         labels = [str(r.get("label", "")) for r in rows]
