@@ -1,0 +1,340 @@
+"""A recorder of optimizer traces that fits any torch training loop, and the JSONL trace format.
+
+    recorder = TraceRecorder(model, optimizer, run={"optimizer": "muon", "lr": 0.02})
+    for step, (x, y) in enumerate(batches):
+        with recorder.phase("forward"):
+            loss = loss_fn(model(x), y)
+        with recorder.phase("backward"):
+            optimizer.zero_grad(); loss.backward()
+        optimizer.step()              # timed by the recorder's step hooks
+        recorder.log_loss(loss)
+
+Every ``every`` optimizer steps the recorder keeps the weights just before the step (a step
+pre-hook), and after it (a post-hook) measures the applied update ``dW = W_after - W_before`` of
+each tracked matrix; every ``alpha_every`` steps it fits the power-law alpha of each weight
+matrix's ESD with the spectra diagnostic's :func:`~diagnostics.spectra.fit_power_law`. Records are
+plain dicts (one JSON object a line; the format is documented in reports/SCHEMA.md) so they can
+be streamed to a file and loaded back with :func:`read_trace`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from diagnostics.optimizers import NS_EPS, MatrixOptimizer, RoutedOptimizer, as_matrix, state_of
+from diagnostics.spectra import eigenvalues, fit_power_law
+from models.errors import OrthoscopeError
+
+TRACE_FORMAT = "orthoscope-trace"
+TRACE_VERSION = 1
+# Singular values below this fraction of the largest are treated as numerically zero in every
+# update metric; the count above it is reported as ``numerical_rank``.
+RANK_RTOL = 1e-3
+# A momentum buffer this close to Newton-Schulz's normalisation epsilon makes the orthogonalised
+# (or, for AuON, normalised) direction mostly rounding noise.
+MOMENTUM_WARNING_FACTOR = 100.0
+PHASES = ("forward", "backward", "optimizer", "recorder")
+UPDATE_FIELDS = ("rms", "rel_update", "spectral_norm", "orth_error", "effective_rank", "stable_rank",
+                 "condition", "numerical_rank", "neuron_cv", "momentum_norm")
+
+
+def power_iteration(M: torch.Tensor, v: torch.Tensor | None = None, iters: int = 6) -> tuple[float, torch.Tensor]:
+    """Largest singular value of ``M`` by power iteration on ``M^T M``, warm-started from ``v``.
+
+    Warm starts make a few iterations enough between consecutive records, whose top right
+    singular vectors move little; the returned vector is the next call's start.
+    """
+    if v is None or v.shape[0] != M.shape[1]:
+        v = torch.randn(M.shape[1], generator=torch.Generator().manual_seed(0), dtype=M.dtype)
+        iters = max(iters, 30)
+    for _ in range(iters):
+        u = M @ v
+        v = M.T @ u
+        norm = v.norm()
+        if norm == 0:
+            return 0.0, v
+        v = v / norm
+    return float((M @ v).norm()), v
+
+
+def singular_values(M: torch.Tensor) -> torch.Tensor:
+    """Singular values of ``M`` (float64, descending) from the eigenvalues of its smaller Gram matrix.
+
+    On the 256 x 256 updates of the digits benchmark, numpy's ``eigvalsh`` of the Gram matrix
+    takes about half the time of ``torch.linalg.svdvals`` (one thread), which keeps the recorder
+    within its 10 % budget. Squaring loses singular values below about 1e-8 of the largest;
+    every metric here drops those below ``RANK_RTOL`` anyway.
+    """
+    G = M @ M.T if M.shape[0] <= M.shape[1] else M.T @ M
+    evals = np.linalg.eigvalsh(G.numpy())
+    return torch.from_numpy(np.sqrt(np.clip(evals[::-1], 0, None)).copy())
+
+
+def update_metrics(dW: torch.Tensor, W: torch.Tensor) -> dict:
+    """Geometry of an applied update ``dW`` of the matrix ``W`` (both 2-D views), from its singular values.
+
+    With ``s`` the singular values above ``RANK_RTOL * s_max`` (``numerical_rank`` of them):
+    ``orth_error`` = std(s) / mean(s), 0 for an update that is semi-orthogonal on its numerical
+    rank; ``effective_rank`` = exp(entropy of s / sum s) (Roy & Vetterli 2007); ``stable_rank`` =
+    sum s^2 / s_max^2; ``condition`` = s_max / s_min. ``rms`` = ||dW||_F / sqrt(size);
+    ``rel_update`` = ||dW||_F / ||W||_F with W before the step; ``neuron_cv`` = coefficient of
+    variation of the row (output neuron) norms of dW.
+    """
+    M = dW.detach().double()
+    fro = float(M.norm())
+    out = {"rms": fro / math.sqrt(M.numel()), "rel_update": fro / max(float(W.double().norm()), 1e-300)}
+    s = singular_values(M) if torch.isfinite(M).all() else torch.zeros(0)
+    if s.numel() == 0 or s[0] <= 0:
+        out.update(orth_error=math.nan, effective_rank=0.0, stable_rank=0.0, condition=math.nan,
+                   numerical_rank=0, neuron_cv=math.nan)
+        return out
+    kept = s[s > RANK_RTOL * s[0]]
+    p = kept / kept.sum()
+    rows = M.norm(dim=1)
+    out.update(
+        orth_error=float(kept.std(unbiased=False) / kept.mean()),
+        effective_rank=float(torch.exp(-(p * p.log()).sum())),
+        stable_rank=float((kept ** 2).sum() / kept[0] ** 2),
+        condition=float(kept[0] / kept[-1]),
+        numerical_rank=int(kept.numel()),
+        neuron_cv=float(rows.std(unbiased=False) / rows.mean()) if rows.mean() > 0 else math.nan,
+    )
+    return out
+
+
+def weight_alpha(W: torch.Tensor) -> dict:
+    """Power-law alpha of the ESD of ``W`` (eigenvalues of W^T W), as the spectra diagnostic fits it."""
+    if not torch.isfinite(W).all():
+        return {"alpha": math.nan, "n_evals": 0, "n_tail": 0, "status": "failed: the weights are not finite"}
+    evals, _ = eigenvalues(as_matrix(W.detach()))
+    fit = fit_power_law(evals)
+    return {"alpha": fit.alpha, "n_evals": int(evals.size), "n_tail": fit.n_tail, "status": fit.status}
+
+
+def _momentum_norm(state: dict) -> float:
+    for key in ("momentum_buffer", "exp_avg"):
+        buf = state.get(key)
+        if isinstance(buf, torch.Tensor):
+            return float(buf.detach().double().norm())
+    return math.nan
+
+
+class TraceRecorder:
+    """Records loss, per-matrix update geometry, weight alphas and phase times of a training run.
+
+    ``matrices``: names of the parameters to track (default: every parameter of 2 or more
+    dimensions). ``sink``: called with each record as it is made (e.g. a JSONL writer); all
+    records are also kept in ``records``. Call :meth:`close` to remove the optimizer hooks.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, run: dict | None = None,
+                 every: int = 50, alpha_every: int = 250, matrices: Iterable[str] | None = None,
+                 sink: Callable[[dict], None] | None = None, run_id: str = "run"):
+        if every < 1 or alpha_every < 1:
+            raise OrthoscopeError(f"record intervals must be >= 1 step (every={every}, alpha_every={alpha_every}).")
+        params = dict(model.named_parameters())
+        names = [n for n, p in params.items() if p.ndim >= 2] if matrices is None else list(matrices)
+        unknown = [n for n in names if n not in params]
+        if unknown:
+            raise OrthoscopeError(f"no parameter named {', '.join(unknown)} in the model.")
+        self.optimizer = optimizer
+        self.every, self.alpha_every = every, alpha_every
+        self.run_id = run_id
+        self.matrices = {n: params[n] for n in names}
+        # The epsilon warning concerns only the normalising matrix optimizers, not AdamW or SGD.
+        normalising = [o for o in (optimizer.inner if isinstance(optimizer, RoutedOptimizer) else [optimizer])
+                       if isinstance(o, MatrixOptimizer)]
+        owned = {id(q) for o in normalising for g in o.param_groups for q in g["params"]}
+        self._normalised = {n for n, p in self.matrices.items() if id(p) in owned}
+        self.records: list[dict] = []
+        self._sink = sink
+        self.step = 0
+        self._before: dict[str, torch.Tensor] = {}
+        self._vectors: dict[str, torch.Tensor] = {}
+        self._times = {k: 0.0 for k in PHASES}
+        self._timed_steps = 0
+        self._loss_sum, self._loss_count = 0.0, 0
+        self._t_step = 0.0
+        self._train_s = 0.0
+        self._emit({"type": "header", "format": TRACE_FORMAT, "version": TRACE_VERSION, "run_id": run_id,
+                    "run": dict(run or {}), "every": every, "alpha_every": alpha_every,
+                    "matrices": [{"name": n, "shape": list(p.shape)} for n, p in self.matrices.items()]})
+        self._record_alphas()  # step 0: the initial weights, the baseline every later alpha moves from
+        self._hooks = [optimizer.register_step_pre_hook(self._pre_step),
+                       optimizer.register_step_post_hook(self._post_step)]
+
+    # --- hooks ---------------------------------------------------------------------------------
+    def _recording(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def _pre_step(self, optimizer, args, kwargs) -> None:
+        t0 = time.perf_counter()
+        self.step += 1
+        if self._recording(self.step):
+            self._before = {n: as_matrix(p.detach()).clone() for n, p in self.matrices.items()}
+        self._times["recorder"] += time.perf_counter() - t0
+        self._t_step = time.perf_counter()
+
+    def _post_step(self, optimizer, args, kwargs) -> None:
+        t0 = time.perf_counter()
+        self._times["optimizer"] += t0 - self._t_step
+        self._timed_steps += 1
+        if self._recording(self.step):
+            self._record_updates()
+        if self.step % self.alpha_every == 0:
+            self._record_alphas()
+        self._times["recorder"] += time.perf_counter() - t0
+
+    def _record_updates(self) -> None:
+        eps_line = MOMENTUM_WARNING_FACTOR * NS_EPS
+        for name, p in self.matrices.items():
+            W0 = self._before.pop(name)
+            M = as_matrix(p.detach())
+            row = {"type": "update", "run_id": self.run_id, "step": self.step, "matrix": name}
+            dW = M - W0
+            row.update(update_metrics(dW, W0))
+            sigma, self._vectors[name] = power_iteration(dW, self._vectors.get(name))
+            row["spectral_norm"] = sigma
+            row["momentum_norm"] = _momentum_norm(state_of(self.optimizer, p))
+            row["momentum_warning"] = name in self._normalised and bool(row["momentum_norm"] < eps_line)
+            self._emit(row)
+
+    def record_alphas(self) -> None:
+        """Fit the weight alphas now (they are also fitted at step 0 and every ``alpha_every`` steps)."""
+        t0 = time.perf_counter()
+        self._record_alphas()
+        self._times["recorder"] += time.perf_counter() - t0
+
+    def _record_alphas(self) -> None:
+        for name, p in self.matrices.items():
+            self._emit({"type": "alpha", "run_id": self.run_id, "step": self.step, "matrix": name, **weight_alpha(p)})
+
+    # --- the training loop's side -------------------------------------------------------------
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a block of the loop ("forward", "backward", or any other name) for this step."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._times[name] = self._times.get(name, 0.0) + time.perf_counter() - t0
+
+    def log_loss(self, loss: float | torch.Tensor) -> None:
+        """The training loss of the current step; every ``every`` steps their mean is recorded."""
+        self._loss_sum += float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        self._loss_count += 1
+        if self._recording(self.step) and self._loss_count:
+            steps = max(self._timed_steps, 1)
+            # Training time excludes the recorder's own, so optimizers compare on wall time as if unrecorded.
+            self._train_s += sum(v for k, v in self._times.items() if k != "recorder")
+            self._emit({"type": "step", "run_id": self.run_id, "step": self.step,
+                        "loss": self._loss_sum / self._loss_count, "train_s": self._train_s,
+                        "time_ms": {k: 1e3 * v / steps for k, v in self._times.items()}})
+            self._loss_sum, self._loss_count = 0.0, 0
+            self._times = {k: 0.0 for k in self._times}
+            self._timed_steps = 0
+
+    def log(self, kind: str, **values) -> None:
+        """Any other record for this step, e.g. ``log("eval", test_accuracy=0.97)``."""
+        self._emit({"type": kind, "run_id": self.run_id, "step": self.step, **values})
+
+    def close(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def _emit(self, record: dict) -> None:
+        self.records.append(record)
+        if self._sink is not None:
+            self._sink(record)
+
+
+# --- the JSONL format --------------------------------------------------------------------------
+
+REQUIRED = {
+    "header": ("format", "version", "run_id", "run", "matrices"),
+    "step": ("run_id", "step", "loss", "time_ms"),
+    "update": ("run_id", "step", "matrix", *UPDATE_FIELDS),
+    "alpha": ("run_id", "step", "matrix", "alpha"),
+    "eval": ("run_id", "step"),
+    "summary": ("run_id",),
+}
+MAX_TRACE_BYTES = 200 * 1024 * 1024
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def dumps(record: dict) -> str:
+    """One JSONL line (NaN and infinity written as null, which JSON can carry)."""
+    return json.dumps(_clean(record), separators=(",", ":"))
+
+
+def write_trace(records: Iterable[dict], path: str | Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(dumps(r) + "\n")
+
+
+def parse_trace(text: str, source: str = "trace") -> list[dict]:
+    """Records of a JSONL trace, checked line by line; errors name the line and what is wrong."""
+    records: list[dict] = []
+    headers: set[str] = set()
+    lines = text.split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            last = number == len(lines) or not any(l.strip() for l in lines[number:])
+            hint = " It is the last line and ends early: the file looks truncated." if last and not text.endswith("\n") else ""
+            raise OrthoscopeError(f"{source}, line {number}: not valid JSON ({exc.msg} at column {exc.colno}).{hint}") from None
+        if not isinstance(record, dict) or "type" not in record:
+            raise OrthoscopeError(f"{source}, line {number}: expected a JSON object with a \"type\" field.")
+        kind = record["type"]
+        if kind not in REQUIRED:
+            raise OrthoscopeError(f"{source}, line {number}: unknown record type {kind!r}; "
+                                  f"known: {', '.join(REQUIRED)}.")
+        missing = [k for k in REQUIRED[kind] if k not in record]
+        if missing:
+            raise OrthoscopeError(f"{source}, line {number}: a {kind!r} record lacks {', '.join(missing)}.")
+        if kind == "header":
+            if record["format"] != TRACE_FORMAT:
+                raise OrthoscopeError(f"{source}, line {number}: format is {record['format']!r}, not {TRACE_FORMAT!r}.")
+            if record["version"] != TRACE_VERSION:
+                raise OrthoscopeError(f"{source}, line {number}: trace version {record['version']!r}; "
+                                      f"this Orthoscope reads version {TRACE_VERSION}.")
+            headers.add(record["run_id"])
+        elif record["run_id"] not in headers:
+            raise OrthoscopeError(f"{source}, line {number}: run {record['run_id']!r} has no header line before it.")
+        records.append(record)
+    if not records:
+        raise OrthoscopeError(f"{source} holds no records.")
+    return records
+
+
+def read_trace(path: str | Path) -> list[dict]:
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_TRACE_BYTES:
+        raise OrthoscopeError(f"{path.name} is {size / 2**20:.0f} MB; traces are limited to {MAX_TRACE_BYTES // 2**20} MB.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise OrthoscopeError(f"{path.name} is not UTF-8 text; a trace is JSON lines.") from None
+    return parse_trace(text, path.name)
