@@ -34,3 +34,25 @@ def test_overview_chart_and_report_download(page: Page, app_url, tmp_path):
     assert "plotly-graph-div" in html
     assert "Parameters per block: all-MiniLM-L6-v2" in html
     assert "encoder.layer.0.attention.self.query.weight" in html
+
+
+def test_optimizer_traces_train_in_the_background_and_download_the_trace(page: Page, app_url, tmp_path):
+    page.goto(f"{app_url}/optimizer_traces")
+    expect(page.get_by_text("Press Run to train")).to_be_visible(timeout=120_000)
+    for label, value in (("Seeds", "1"), ("Steps", "20")):
+        box = page.get_by_label(label, exact=True)
+        box.fill(value)
+        box.press("Enter")
+    expect(page.get_by_text("6 run(s) of 20 steps each.")).to_be_visible(timeout=30_000)
+    page.get_by_role("button", name=re.compile("^Run$|play_arrow")).first.click()
+    # The page polls the background job by itself and shows the results when it ends.
+    expect(page.get_by_text("Routing: which parameters each optimizer takes")).to_be_visible(timeout=180_000)
+    expect(page.locator(".js-plotly-plot").first).to_be_visible()
+    assert page.get_by_test_id("stException").count() == 0
+    with page.expect_download(timeout=60_000) as info:
+        page.get_by_role("button", name="traces.jsonl").click()
+    saved = tmp_path / "traces.jsonl"
+    info.value.save_as(saved)
+    lines = saved.read_text(encoding="utf-8").splitlines()
+    assert sum('"type":"header"' in line for line in lines) == 6
+    assert sum('"type":"summary"' in line for line in lines) == 6

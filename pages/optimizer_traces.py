@@ -1,0 +1,175 @@
+"""Optimizer traces: orthogonalised optimizers against AdamW and SGD, with the geometry of every update."""
+
+import streamlit as st
+
+import ui
+from charts import optimizer_traces as charts
+from diagnostics import optimizer_traces, optimizers, trace_recorder
+from models import OrthoscopeError
+from ui import background, cache, report_basket
+
+ui.sidebar()
+st.title("Optimizer traces")
+st.caption(
+    "Train a built-in benchmark with several optimizers, seeds and learning rates, and see what each "
+    "does to the geometry of its updates: every few steps the recorder measures the applied update "
+    "dW of each matrix (RMS, spectral norm, orthogonality error, effective and stable rank, neuron-norm "
+    "variation) and, less often, the power-law alpha of the weights' spectra. Traces recorded in your "
+    "own training loop (diagnostics.trace_recorder.TraceRecorder) load here too."
+)
+D = optimizer_traces.DEFAULTS
+
+
+def _numbers(text: str, what: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
+    except ValueError:
+        raise OrthoscopeError(f"{what}: cannot read {text!r}; write numbers separated by commas, e.g. 0.5, 1, 2.") from None
+    if not values:
+        raise OrthoscopeError(f"{what}: give at least one number.")
+    return values
+
+
+def _show(result: optimizer_traces.OptimizerTracesResult, key: str) -> None:
+    runs = result.runs()
+    st.subheader("Runs")
+    st.dataframe(runs, hide_index=True, key=f"{key}_runs", column_config={
+        c: st.column_config.NumberColumn(format="%.4g") for c in runs.columns if runs[c].dtype.kind == "f"})
+    if "diverged" in runs and runs["diverged"].fillna(False).astype(bool).any():
+        st.warning("Some runs diverged (the loss became NaN or infinite): "
+                   + ", ".join(runs.loc[runs["diverged"].fillna(False).astype(bool), "run_id"]) + ".")
+    updates = result.table("update")
+    if not updates.empty and updates["momentum_warning"].fillna(False).astype(bool).any():
+        hits = updates[updates["momentum_warning"].fillna(False).astype(bool)]
+        st.warning(f"{len(hits)} update record(s) had a momentum norm below "
+                   f"{trace_recorder.MOMENTUM_WARNING_FACTOR:g} x the Newton-Schulz epsilon "
+                   f"({optimizers.NS_EPS:g}); there the orthogonalised direction is mostly rounding noise. "
+                   f"First: {hits.iloc[0]['matrix']} at step {hits.iloc[0]['step']} ({hits.iloc[0]['run_id']}).")
+    figs = charts.figures(result)
+    left, right = st.columns(2)
+    left.plotly_chart(figs[0], key=f"{key}_loss_step")
+    right.plotly_chart(figs[1], key=f"{key}_loss_time")
+    left, right = st.columns(2)
+    left.plotly_chart(figs[2], key=f"{key}_accuracy")
+    right.plotly_chart(figs[6], key=f"{key}_times")
+    st.plotly_chart(figs[3], key=f"{key}_geometry")
+    st.plotly_chart(figs[4], key=f"{key}_per_layer")
+    left, right = st.columns(2)
+    left.plotly_chart(figs[5], key=f"{key}_alpha")
+    if len(figs) > 7:
+        right.plotly_chart(figs[7], key=f"{key}_sweep")
+    routes = result.routes()
+    if not routes.empty:
+        st.subheader("Routing: which parameters each optimizer takes")
+        st.dataframe(routes.astype({"shape": str}), hide_index=True, key=f"{key}_routes")
+    used = list(dict.fromkeys(runs["optimizer"]))
+    with st.expander("Papers, and where each paper and its public code disagree"):
+        for name in used:
+            info = result.notes.get(name)
+            if not info:
+                continue
+            st.markdown(f"**{info['label']}**: {info['paper']}")
+            for note in info["notes"]:
+                st.markdown(f"- {note}")
+    c = st.columns([1, 1, 4])
+    c[0].download_button("traces.jsonl", data=lambda: "".join(trace_recorder.dumps(r) + "\n" for r in result.records),
+                         file_name="traces.jsonl", mime="application/jsonl", key=f"{key}_download",
+                         icon=":material/download:")
+    with c[1]:
+        report_basket.add_button(result, key=f"{key}_add")
+
+
+source = st.segmented_control("Source", ["Run a benchmark", "Load a trace"], key="opt_source",
+                              default="Run a benchmark")
+
+if source == "Load a trace":
+    upload = st.file_uploader("traces.jsonl (one JSON record a line, see reports/SCHEMA.md)",
+                              type=["jsonl", "json", "txt"], key="opt_upload")
+    if upload is None:
+        st.info("Upload a trace written by this page, the CLI (`python cli.py optimizers`), or a TraceRecorder in your own loop.")
+        st.stop()
+    try:
+        if upload.size > trace_recorder.MAX_TRACE_BYTES:
+            raise OrthoscopeError(f"{upload.name} is {upload.size / 2**20:.0f} MB; traces are limited to "
+                                  f"{trace_recorder.MAX_TRACE_BYTES // 2**20} MB.")
+        try:
+            text = upload.getvalue().decode("utf-8")
+        except UnicodeDecodeError:
+            raise OrthoscopeError(f"{upload.name} is not UTF-8 text; a trace is JSON lines.") from None
+        result = optimizer_traces.from_trace(trace_recorder.parse_trace(text, upload.name), upload.name)
+    except OrthoscopeError as exc:
+        st.error(str(exc))
+        st.stop()
+    st.success(f"{len(result.records):,} records, {len(result.headers())} run(s) from {upload.name}.")
+    _show(result, "opt_loaded")
+    st.stop()
+
+names = optimizers.optimizer_names()
+cols = st.columns([1, 3])
+bench = cols[0].selectbox("Benchmark", list(optimizer_traces.BENCHMARKS), key="opt_bench",
+                          format_func={"digits": "digits MLP (64-256-256-10)", "chars": "character transformer"}.get)
+chosen = cols[1].multiselect("Optimizers", names, default=D["optimizers"], key="opt_optimizers",
+                             format_func=optimizers.label_of)
+cols = st.columns(4)
+seeds = int(cols[0].number_input("Seeds", 1, 20, D["seeds"], key="opt_seeds"))
+steps = int(cols[1].number_input("Steps", 10, optimizer_traces.MAX_STEPS, D["steps"], step=50, key="opt_steps"))
+scope = cols[2].selectbox("Matrix-optimizer scope", optimizers.SCOPES, key="opt_scope",
+                          format_func={"all_but_head": "all but head and embeddings", "hidden_only": "hidden layers only"}.get)
+decay = cols[3].selectbox("Learning-rate decay", optimizer_traces.DECAYS, key="opt_decay")
+with st.expander("Learning rates and recorder"):
+    scales_text = st.text_input("Learning-rate sweep: multiples of each optimizer's rate", "1", key="opt_scales",
+                                help="e.g. 0.5, 1, 2 runs every optimizer at half, once and twice its rate")
+    lr_cols = st.columns(4)
+    lrs = {n: float(lr_cols[i % 4].number_input(f"{optimizers.label_of(n)} lr", min_value=0.0,
+                                                 value=optimizers.default_lr(n), format="%.5g", key=f"opt_lr_{n}"))
+           for i, n in enumerate(chosen)}
+    r = st.columns(5)
+    adamw_lr = float(r[0].number_input("AdamW lr for routed-out parameters", min_value=0.0, value=D["adamw_lr"],
+                                       format="%.5g", key="opt_adamw_lr"))
+    weight_decay = float(r[1].number_input("Weight decay", min_value=0.0, value=D["weight_decay"], format="%.4g",
+                                           key="opt_wd"))
+    every = int(r[2].number_input("Record updates every k steps", 1, 1000, D["every"], key="opt_every"))
+    alpha_every = int(r[3].number_input("Weight alpha every K steps", 1, 10000, D["alpha_every"], key="opt_alpha_every"))
+    eval_every = int(r[4].number_input("Evaluate every", 1, 10000, D["eval_every"], key="opt_eval_every"))
+
+try:
+    params = optimizer_traces.check_params({
+        "bench": bench, "optimizers": chosen, "lr_scales": _numbers(scales_text, "learning-rate sweep"),
+        "lrs": lrs, "seeds": seeds, "steps": steps, "scope": scope, "decay": decay, "every": every,
+        "alpha_every": alpha_every, "eval_every": eval_every, "adamw_lr": adamw_lr, "weight_decay": weight_decay,
+    })
+except OrthoscopeError as exc:
+    st.error(str(exc))
+    st.stop()
+runs = len(optimizer_traces.plan(params))
+st.caption(f"{runs} run(s) of {steps} steps each.")
+st.button("Run", type="primary", key="opt_run", icon=":material/play_arrow:",
+          on_click=st.session_state.__setitem__, args=("opt_request", params))
+request = st.session_state.get("opt_request")
+if request is None:
+    st.info("Press Run to train. The runs go on in the background; the page stays usable meanwhile.")
+    st.stop()
+if request != params:
+    st.info("The settings above have changed: press Run to train with them. The results below are for the last run.")
+
+key = cache.result_key("optimizer_traces", request["bench"], request)
+job = background.start(key, lambda progress: optimizer_traces.run(request, progress=progress))
+
+
+@st.fragment(run_every=1.0)
+def _watch(job_key: str) -> None:
+    current = background.get(job_key)
+    if current is None or current.done:
+        st.rerun()
+    st.progress(current.fraction, text=f"{current.message} · {current.fraction:.0%}")
+
+
+if not job.done:
+    _watch(key)
+    st.stop()
+if job.error:
+    st.error(job.error)
+    st.stop()
+result = job.result
+st.caption(f"{result.model_name} · {runs} run(s) trained in {result.timings['total_s']:.1f} s")
+_show(result, "opt")

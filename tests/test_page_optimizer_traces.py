@@ -1,0 +1,99 @@
+"""AppTest for the Optimizer traces page: a background run, its charts and report, and loaded traces."""
+
+import time
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from diagnostics import trace_recorder
+from diagnostics.optimizer_traces import OptimizerTracesResult
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+PAGE = "pages/optimizer_traces.py"
+SMALL = {"opt_optimizers": ["adamw", "muon"], "opt_seeds": 2, "opt_steps": 30, "opt_every": 10,
+         "opt_alpha_every": 15, "opt_eval_every": 10}
+
+
+def page(**state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=120)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.switch_page(PAGE)
+    return at.run()
+
+
+def until_done(at: AppTest, seconds: float = 120) -> AppTest:
+    """Rerun the page until the background job's result is shown (the fragment's polling, by hand)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        at.run()
+        if at.exception or at.error or any(d.key == "opt_runs" for d in at.dataframe if hasattr(d, "key")):
+            return at
+        if "opt_add" in [b.key for b in at.button]:
+            return at
+        time.sleep(0.5)
+    raise AssertionError("the run did not finish in time")
+
+
+def test_page_waits_for_run_then_trains_in_the_background_and_shows_every_chart():
+    at = page(**SMALL)
+    assert not at.exception, at.exception
+    assert any("Press Run" in i.value for i in at.info)
+    assert "4 run(s) of 30 steps" in " ".join(c.value for c in at.caption)
+
+    at.button(key="opt_run").click().run()
+    assert not at.exception, at.exception
+    at = until_done(at)
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    charts = at.get("plotly_chart")
+    assert len(charts) == 7  # one learning rate each: no sweep chart
+
+    at.button(key="opt_add").click().run()
+    (result,) = at.session_state["report_results"]
+    assert isinstance(result, OptimizerTracesResult)
+    runs = result.runs()
+    assert sorted(runs["optimizer"]) == ["adamw", "adamw", "muon", "muon"]
+    assert (runs["steps_done"] == 30).all()
+    assert runs["final_test_accuracy"].between(0.5, 1).all()
+    # The routing table says where Muon's parameters went.
+    routes = result.routes()
+    muon = routes[routes["run_optimizer"] == "Muon"].set_index("name")["optimizer"]
+    assert muon["2.weight"] == "muon" and muon["4.weight"] == "adamw" and muon["2.bias"] == "adamw"
+
+
+def test_changed_settings_after_a_run_are_announced():
+    at = page(**SMALL)
+    at.button(key="opt_run").click().run()
+    at = until_done(at)
+    at.number_input(key="opt_steps").set_value(40).run()
+    assert any("settings above have changed" in i.value for i in at.info)
+
+
+def test_bad_learning_rate_sweep_is_explained():
+    at = page(**SMALL, opt_scales="1, fast")
+    assert [e.value for e in at.error] == [
+        "learning-rate sweep: cannot read '1, fast'; write numbers separated by commas, e.g. 0.5, 1, 2."]
+
+
+def _trace_text() -> str:
+    from diagnostics import optimizer_traces
+
+    result = optimizer_traces.run({"optimizers": ["sgd", "muon"], "seeds": 1, "steps": 20, "every": 5,
+                                   "alpha_every": 10, "eval_every": 10})
+    return "".join(trace_recorder.dumps(r) + "\n" for r in result.records)
+
+
+def test_loaded_trace_renders_the_charts_and_bad_traces_name_the_line():
+    text = _trace_text()
+    at = page(opt_source="Load a trace")
+    at.file_uploader(key="opt_upload").set_value(("traces.jsonl", text.encode(), "application/jsonl")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(at.get("plotly_chart")) == 7
+    assert any("2 run(s)" in s.value for s in at.success)
+
+    lines = text.splitlines()
+    broken = "\n".join(lines[:3] + ['{"type": "step", "run_id": '])
+    at.file_uploader(key="opt_upload").set_value(("cut.jsonl", broken.encode(), "application/jsonl")).run()
+    (message,) = [e.value for e in at.error]
+    assert message.startswith("cut.jsonl, line 4: not valid JSON") and "truncated" in message
+    assert not at.exception
