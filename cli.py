@@ -239,6 +239,66 @@ def cmd_directions(args) -> list:
     return [with_bar("directions", lambda bar: directions.run(handle, params, progress=bar))]
 
 
+def optimizers_arguments(p: argparse.ArgumentParser) -> None:
+    from diagnostics.optimizer_traces import BENCHMARKS, DECAYS, DEFAULTS
+    from diagnostics.optimizers import SCOPES, optimizer_names
+
+    p.add_argument("--bench", choices=list(BENCHMARKS), default=DEFAULTS["bench"],
+                   help="digits: 64-256-256-10 MLP on scikit-learn digits; chars: character transformer")
+    p.add_argument("--optimizers", default=",".join(DEFAULTS["optimizers"]),
+                   help=f"comma-separated, from: {', '.join(optimizer_names())}")
+    p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"], help="seeds per optimizer and learning rate")
+    p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="training steps per run")
+    p.add_argument("--lr", action="append", default=[], metavar="NAME=LR",
+                   help="learning rate of one optimizer, e.g. --lr muon=0.02 (repeatable; default: each one's own)")
+    p.add_argument("--lr-scales", default="1", help="learning-rate sweep as multiples of each rate, e.g. 0.5,1,2")
+    p.add_argument("--scope", choices=SCOPES, default=DEFAULTS["scope"], help="which matrices the matrix optimizer takes")
+    p.add_argument("--decay", choices=DECAYS, default=DEFAULTS["decay"], help="learning-rate decay to zero over the run")
+    p.add_argument("--adamw-lr", type=float, default=DEFAULTS["adamw_lr"], help="AdamW rate of the routed-out parameters")
+    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
+    p.add_argument("--every", type=int, default=DEFAULTS["every"], help="record update geometry every k steps")
+    p.add_argument("--alpha-every", type=int, default=DEFAULTS["alpha_every"], help="fit weight alphas every K steps")
+    p.add_argument("--eval-every", type=int, default=DEFAULTS["eval_every"], help="held-out evaluation every n steps")
+    p.add_argument("--trace", type=Path, default=None,
+                   help="instead of training, report on a traces.jsonl recorded earlier (e.g. in your own loop)")
+
+
+def cmd_optimizers(args) -> list:
+    from diagnostics import optimizer_traces, trace_recorder
+    from models import OrthoscopeError
+
+    if args.trace is not None:
+        if not args.trace.is_file():
+            raise OrthoscopeError(f"--trace: no file {args.trace}.")
+        return [optimizer_traces.from_trace(trace_recorder.read_trace(args.trace), args.trace.name)]
+    lrs = {}
+    for item in args.lr:
+        name, _, value = item.partition("=")
+        try:
+            lrs[name.strip()] = float(value)
+        except ValueError:
+            raise OrthoscopeError(f"--lr: cannot read {item!r}; write NAME=RATE, e.g. muon=0.02.") from None
+    try:
+        scales = [float(x) for x in args.lr_scales.split(",") if x.strip()]
+    except ValueError:
+        raise OrthoscopeError(f"--lr-scales: cannot read {args.lr_scales!r}; write comma-separated numbers.") from None
+    params = optimizer_traces.check_params({
+        "bench": args.bench, "optimizers": [o.strip() for o in args.optimizers.split(",") if o.strip()],
+        "lr_scales": scales, "lrs": lrs, "seeds": args.seeds, "steps": args.steps, "scope": args.scope,
+        "decay": args.decay, "every": args.every, "alpha_every": args.alpha_every, "eval_every": args.eval_every,
+        "adamw_lr": args.adamw_lr, "weight_decay": args.weight_decay,
+    })
+    args.out.mkdir(parents=True, exist_ok=True)
+    # Streamed line by line, so an interrupted comparison still leaves the runs it finished.
+    with open(args.out / "traces.jsonl", "w", encoding="utf-8") as trace:
+        def sink(record: dict) -> None:
+            trace.write(trace_recorder.dumps(record) + "\n")
+
+        result = with_bar("optimizers", lambda bar: optimizer_traces.run(params, progress=bar, sink=sink))
+    print(args.out / "traces.jsonl")
+    return [result]
+
+
 @dataclass(frozen=True)
 class Command:
     run: Callable[[argparse.Namespace], list]  # returns the results to write
@@ -253,6 +313,8 @@ COMMANDS: dict[str, Command] = {
                          alignment_arguments),
     "directions": Command(cmd_directions, "SeFa and Householder directions of a weight matrix, readout and traversal "
                           "(directions.csv)", directions_arguments),
+    "optimizers": Command(cmd_optimizers, "train a benchmark with several optimizers, recording the geometry of every "
+                          "update (traces.jsonl, runs.csv)", optimizers_arguments),
 }
 
 
