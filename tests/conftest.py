@@ -118,3 +118,37 @@ def tiny_llama_gguf(tmp_path) -> tuple[Path, dict[str, torch.Tensor]]:
     writer.write_tensors_to_file()
     writer.close()
     return path, state
+
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_llama(tmp_path_factory) -> Path:
+    """An HF folder: a random tiny llama with a byte-level BPE tokenizer (trained here on the built-in
+    steering texts: ' dog' is one token, ' puppy' and ' bark' are split) and a chat template."""
+    from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    data = Path(__file__).resolve().parents[1] / "data" / "steering"
+    texts = [line for f in sorted(data.glob("*.jsonl")) for line in f.read_text(encoding="utf-8").splitlines()]
+    texts += (data / "neutral.txt").read_text(encoding="utf-8").splitlines()
+    tok = Tokenizer(tok_models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   bos_token="<|im_start|>", additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    fast.chat_template = CHAT_TEMPLATE
+    folder = tmp_path_factory.mktemp("tiny-chat-llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(**{**TINY_LLAMA, "vocab_size": len(fast), "num_hidden_layers": 4, "tie_word_embeddings": True,
+                            "max_position_embeddings": 256,
+                            "eos_token_id": fast.eos_token_id, "pad_token_id": fast.pad_token_id,
+                            "bos_token_id": fast.bos_token_id})
+    LlamaForCausalLM(config).eval().save_pretrained(folder)
+    fast.save_pretrained(folder)
+    return folder

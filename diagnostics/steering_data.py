@@ -1,0 +1,118 @@
+"""Contrast triples and concept tokens for the steering diagnostic: built-in sets, uploads, checks.
+
+A triple is (prompt, response with the concept, response without it). The built-in sets in
+``data/steering/`` were written for this project (see its README). Uploads are CSV or JSONL with
+the columns ``prompt``, ``positive``, ``negative`` and are read as data only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from diagnostics.records import read_records
+from models.errors import OrthoscopeError
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "steering"
+MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+MIN_TRIPLES = 8
+FIELDS = ("prompt", "positive", "negative")
+_FIELD_NAMES = {"prompt": "prompt", "positive": "response with the concept", "negative": "response without the concept"}
+
+
+def concepts() -> dict[str, dict]:
+    """The built-in concepts: name -> ``tokens``, ``description``, ``file``."""
+    return json.loads((DATA / "concepts.json").read_text(encoding="utf-8"))
+
+
+def concept_names() -> list[str]:
+    return list(concepts())
+
+
+def neutral_sentences() -> list[str]:
+    """Ordinary sentences with no concept's words; steering should leave their perplexity alone."""
+    return [line.strip() for line in (DATA / "neutral.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def builtin_triples(name: str) -> list[dict]:
+    table = concepts()
+    if name not in table:
+        raise OrthoscopeError(f"no built-in concept {name!r}; the built-in concepts are {', '.join(table)}.")
+    return parse_triples((DATA / table[name]["file"]).read_bytes(), table[name]["file"])
+
+
+def parse_triples(data: bytes, filename: str) -> list[dict]:
+    """Triples from CSV or JSONL bytes, checked; errors name the row (the n-th triple)."""
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise OrthoscopeError(f"{filename} is {len(data) / 2**20:.1f} MB; triple files are limited to "
+                              f"{MAX_UPLOAD_BYTES // 2**20} MB.")
+    rows = read_records(data, filename)
+    if rows and any(f not in rows[0] for f in FIELDS):
+        missing = [f for f in FIELDS if f not in rows[0]]
+        raise OrthoscopeError(f"{filename}: the first row lacks {', '.join(missing)}; a triple file has the "
+                              f"fields {', '.join(FIELDS)}.")
+    return check_triples([(n, {f: r.get(f) for f in FIELDS}) for n, r in enumerate(rows, start=1)], filename)
+
+
+def check_triples(rows: list[tuple[int, dict]], source: str) -> list[dict]:
+    triples = []
+    for number, row in rows:
+        for field in FIELDS:
+            value = row.get(field)
+            if value is None:
+                raise OrthoscopeError(f"{source}, row {number}: no {field!r} ({_FIELD_NAMES[field]}).")
+            if not isinstance(value, str):
+                raise OrthoscopeError(f"{source}, row {number}: {field!r} must be text.")
+            if not value.strip():
+                raise OrthoscopeError(f"{source}, row {number}: the {_FIELD_NAMES[field]} is empty.")
+        if row["positive"].strip() == row["negative"].strip():
+            raise OrthoscopeError(f"{source}, row {number}: both responses are the same, so they differ in no concept.")
+        triples.append({f: row[f].strip() for f in FIELDS})
+    if len(triples) < MIN_TRIPLES:
+        raise OrthoscopeError(f"{source} holds {len(triples)} triple(s); at least {MIN_TRIPLES} are needed "
+                              "(some are held out to test the steering).")
+    return triples
+
+
+def digest(triples: list[dict]) -> str:
+    return hashlib.sha256(json.dumps(triples, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ConceptToken:
+    """One concept word as the tokenizer sees it; the first piece is what next-token scores count."""
+
+    word: str
+    ids: tuple[int, ...]
+    pieces: tuple[str, ...]
+
+    @property
+    def split(self) -> bool:
+        return len(self.ids) > 1
+
+
+def concept_tokens(tokenizer, words: list[str]) -> tuple[list[ConceptToken], list[str]]:
+    """Tokenise the concept words; returns them with notes on words the tokenizer splits.
+
+    A next-token score can only see a word's first piece. A split word is still counted through
+    that piece, which other words share, so the notes say which piece stands in for it.
+    """
+    if not words:
+        raise OrthoscopeError("give at least one concept token (a word that signals the concept, e.g. ' dog').")
+    out, notes = [], []
+    for word in words:
+        if not word.strip():
+            raise OrthoscopeError("a concept token is empty.")
+        ids = tuple(tokenizer.encode(word, add_special_tokens=False))
+        if not ids:
+            raise OrthoscopeError(f"the tokenizer turns the concept token {word!r} into nothing.")
+        pieces = tuple(tokenizer.convert_ids_to_tokens(list(ids)))
+        token = ConceptToken(word, ids, pieces)
+        out.append(token)
+        if token.split:
+            notes.append(f"{word!r} is split into {len(ids)} tokens ({' + '.join(repr(tokenizer.decode([i])) for i in ids)}); "
+                         f"its first piece {tokenizer.decode([ids[0]])!r} stands for it in next-token scores, so other "
+                         "words that begin with that piece count too.")
+    return out, notes
