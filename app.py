@@ -9,6 +9,7 @@ PAGES = [
     st.Page("pages/spectra.py", title="Layer spectra", icon=":material/ssid_chart:"),
     st.Page("pages/alignment.py", title="Embedding alignment", icon=":material/compare_arrows:"),
     st.Page("pages/directions.py", title="Latent directions", icon=":material/explore:"),
+    st.Page("pages/steering.py", title="Cylindrical steering", icon=":material/adjust:"),
     st.Page("pages/optimizer_traces.py", title="Optimizer traces", icon=":material/timeline:"),
     st.Page("pages/report_viewer.py", title="Open a report", icon=":material/folder_open:"),
 ]

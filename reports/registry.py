@@ -11,12 +11,14 @@ from charts import directions as directions_charts
 from charts import optimizer_traces as optimizer_traces_charts
 from charts import overview as overview_charts
 from charts import spectra as spectra_charts
+from charts import steering as steering_charts
 from diagnostics.alignment import AlignmentResult
 from diagnostics.directions import DirectionsResult
 from diagnostics.optimizer_traces import OptimizerTracesResult
 from diagnostics.overview import OverviewResult
 from diagnostics.result import Result
 from diagnostics.spectra import SpectraResult
+from diagnostics.steering import SteeringResult
 
 # diagnostic name -> (result class, figure builder)
 DIAGNOSTICS: dict[str, tuple[type[Result], Callable[[Result], list[go.Figure]]]] = {
@@ -24,6 +26,7 @@ DIAGNOSTICS: dict[str, tuple[type[Result], Callable[[Result], list[go.Figure]]]]
     SpectraResult.diagnostic: (SpectraResult, spectra_charts.figures),
     AlignmentResult.diagnostic: (AlignmentResult, alignment_charts.figures),
     DirectionsResult.diagnostic: (DirectionsResult, directions_charts.figures),
+    SteeringResult.diagnostic: (SteeringResult, steering_charts.figures),
     OptimizerTracesResult.diagnostic: (OptimizerTracesResult, optimizer_traces_charts.figures),
 }
 
