@@ -299,6 +299,68 @@ def cmd_optimizers(args) -> list:
     return [result]
 
 
+def steering_arguments(p: argparse.ArgumentParser) -> None:
+    from diagnostics.steering import DEFAULTS, POSITIONS, TEMPLATES
+
+    p.add_argument("--model", default=None, help="a causal LM: builtin:smollm2, a local HF folder or .gguf, hf:ORG/NAME")
+    p.add_argument("--list-concepts", action="store_true", help="print the built-in concept names, one a line, and stop")
+    p.add_argument("--concept", default=DEFAULTS["concept"], help="a built-in concept, or the name of the --triples concept")
+    p.add_argument("--triples", type=Path, default=None, help="your own triples: .csv or .jsonl with prompt, positive, negative")
+    p.add_argument("--tokens", default=None, help="comma-separated tokens that signal the concept (default: the built-in's), "
+                   "e.g. ' dog, dogs'")
+    p.add_argument("--layer", type=int, default=None, help="decoder block whose output is read and steered "
+                   "(default: three fifths of the way up)")
+    p.add_argument("--position", choices=POSITIONS, default=DEFAULTS["position"], help="last token, or mean over the response")
+    p.add_argument("--template", choices=TEMPLATES, default=DEFAULTS["template"], help="the tokenizer's chat template, or plain text")
+    p.add_argument("--sectors", type=int, default=DEFAULTS["sectors"], help="sectors of the normal plane")
+    p.add_argument("--strengths", default=",".join(f"{x:g}" for x in DEFAULTS["strengths"]),
+                   help="steering strengths, in units of the mean difference length")
+    p.add_argument("--penalties", default=",".join(f"{x:g}" for x in DEFAULTS["penalties"]),
+                   help="normal-plane penalties p: 0 the triple's own direction, 1 the axis only")
+    p.add_argument("--threshold", type=float, default=DEFAULTS["threshold"], help="concept gain (nats) a triple's vector must reach")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed of the fit / held-out split")
+    for key in ("grid_samples", "heldout_prompts", "neutral_sentences", "gen_tokens", "gen_prompts"):
+        p.add_argument(f"--{key.replace('_', '-')}", type=int, default=DEFAULTS[key])
+    p.add_argument("--gen-strength", type=float, default=DEFAULTS["gen_strength"])
+    p.add_argument("--gen-penalty", type=float, default=DEFAULTS["gen_penalty"])
+    p.add_argument("--no-sweep", action="store_true", help="skip the sweep over all blocks")
+
+
+def cmd_steering(args) -> list:
+    from diagnostics import steering, steering_data
+    from models import OrthoscopeError
+
+    if args.list_concepts:
+        print("\n".join(steering_data.concept_names()))
+        return []
+    if args.model is None:
+        raise OrthoscopeError("--model is required (a causal language model, e.g. builtin:smollm2).")
+
+    def numbers(text: str, what: str) -> list[float]:
+        try:
+            return [float(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise OrthoscopeError(f"--{what}: cannot read {text!r}; write comma-separated numbers.") from None
+
+    triples = None
+    if args.triples is not None:
+        if not args.triples.is_file():
+            raise OrthoscopeError(f"--triples: no file {args.triples}.")
+        triples = steering_data.parse_triples(args.triples.read_bytes(), args.triples.name)
+    params = {
+        "concept": args.concept, "layer": args.layer, "position": args.position, "template": args.template,
+        "tokens": [t for t in args.tokens.split(",") if t.strip()] if args.tokens is not None else None,
+        "sectors": args.sectors, "strengths": numbers(args.strengths, "strengths"),
+        "penalties": numbers(args.penalties, "penalties"), "threshold": args.threshold, "seed": args.seed,
+        "grid_samples": args.grid_samples, "heldout_prompts": args.heldout_prompts,
+        "neutral_sentences": args.neutral_sentences, "gen_tokens": args.gen_tokens, "gen_prompts": args.gen_prompts,
+        "gen_strength": args.gen_strength, "gen_penalty": args.gen_penalty, "sweep": not args.no_sweep,
+    }
+    steering.check_params(params)
+    handle = load_model(args.model)
+    return [with_bar("steering", lambda bar: steering.run(handle, params, triples, progress=bar))]
+
+
 @dataclass(frozen=True)
 class Command:
     run: Callable[[argparse.Namespace], list]  # returns the results to write
@@ -313,6 +375,8 @@ COMMANDS: dict[str, Command] = {
                          alignment_arguments),
     "directions": Command(cmd_directions, "SeFa and Householder directions of a weight matrix, readout and traversal "
                           "(directions.csv)", directions_arguments),
+    "steering": Command(cmd_steering, "axis and normal plane of a concept's difference vectors in a language model, and "
+                        "steering along them (samples.csv, grid.csv)", steering_arguments),
     "optimizers": Command(cmd_optimizers, "train a benchmark with several optimizers, recording the geometry of every "
                           "update (traces.jsonl, runs.csv)", optimizers_arguments),
 }
@@ -324,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.help)
         command.add_arguments(p)
-        p.add_argument("--out", required=True, type=Path, help="directory for report.html, report.json and CSV tables")
+        p.add_argument("--out", type=Path, help="directory for report.html, report.json and CSV tables (required)")
         p.add_argument("--fail-on", default=None, help='exit 1 when a row of the main table matches, e.g. "alpha<2"')
     return parser
 
@@ -333,12 +397,15 @@ def main(argv: list[str] | None = None) -> int:
     from models import OrthoscopeError
     from reports import write
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.out is None and not getattr(args, "list_concepts", False):
+        parser.error("the following arguments are required: --out")
     func = COMMANDS[args.command].run
     try:
         checks = parse_checks(args.fail_on)
         results = func(args)
-        written = write(results, args.out)
+        written = write(results, args.out) if results else []
         failures = [line for r in results for line in failed_checks(r.to_frame(), checks)]
     except OrthoscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
