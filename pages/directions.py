@@ -7,7 +7,7 @@ from charts import directions as charts
 from charts.common import block_order
 from diagnostics import directions
 from models import OrthoscopeError
-from ui import cache, model_picker, report_basket
+from ui import cache, inputs, model_picker, report_basket
 
 ui.sidebar()
 st.title("Latent directions")
@@ -18,13 +18,6 @@ st.caption(
     "Pick a weight matrix, see how far it is from such a projector, what its directions read out as, "
     "and what adding alpha times a direction at the layer's input does to the model."
 )
-
-
-def _parse_alphas(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
-    except ValueError:
-        raise OrthoscopeError(f"alphas: cannot read {text!r}; write numbers separated by commas, e.g. -0.5, 0, 0.5.") from None
 
 
 def _keep(key: str, allowed: list) -> None:
@@ -105,7 +98,8 @@ if handle is not None:
     try:
         params = {
             "matrices": [matrix, *stack], "k": k, "normalize": normalize, "seed": seed, "fit_iters": fit_iters,
-            "alphas": _parse_alphas(alphas_text), "traverse": traverse, "gen_tokens": gen_tokens,
+            "alphas": inputs.numbers(alphas_text, "alphas", "-0.5, 0, 0.5", allow_empty=True),
+            "traverse": traverse, "gen_tokens": gen_tokens,
             "prompts": [line for line in prompts.splitlines() if line.strip()],
         }
     except OrthoscopeError as exc:

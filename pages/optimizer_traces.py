@@ -6,7 +6,7 @@ import ui
 from charts import optimizer_traces as charts
 from diagnostics import optimizer_traces, optimizers, trace_recorder
 from models import OrthoscopeError
-from ui import background, cache, report_basket
+from ui import background, cache, inputs, report_basket
 
 ui.sidebar()
 st.title("Optimizer traces")
@@ -18,16 +18,6 @@ st.caption(
     "own training loop (diagnostics.trace_recorder.TraceRecorder) load here too."
 )
 D = optimizer_traces.DEFAULTS
-
-
-def _numbers(text: str, what: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.replace(";", ",").split(",") if x.strip()]
-    except ValueError:
-        raise OrthoscopeError(f"{what}: cannot read {text!r}; write numbers separated by commas, e.g. 0.5, 1, 2.") from None
-    if not values:
-        raise OrthoscopeError(f"{what}: give at least one number.")
-    return values
 
 
 def _show(result: optimizer_traces.OptimizerTracesResult, key: str) -> None:
@@ -134,7 +124,7 @@ with st.expander("Learning rates and recorder"):
 
 try:
     params = optimizer_traces.check_params({
-        "bench": bench, "optimizers": chosen, "lr_scales": _numbers(scales_text, "learning-rate sweep"),
+        "bench": bench, "optimizers": chosen, "lr_scales": inputs.numbers(scales_text, "learning-rate sweep", "0.5, 1, 2"),
         "lrs": lrs, "seeds": seeds, "steps": steps, "scope": scope, "decay": decay, "every": every,
         "alpha_every": alpha_every, "eval_every": eval_every, "adamw_lr": adamw_lr, "weight_decay": weight_decay,
     })

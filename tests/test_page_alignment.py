@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,22 +12,15 @@ import reports
 from charts import alignment as charts
 from diagnostics import alignment as al
 from tests.alignment_fixtures import npy_bytes, planted_pair, texts_csv, tiny_bert_with_tokenizer
+from tests.apptest import APP, errors, open_page
 
 TIMEOUT = 180
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGE = "pages/alignment.py"
 FAST = {"align_curves": False, "align_perms": 3}
 
 
 def page(**state) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for key, value in state.items():
-        at.session_state[key] = value
-    return at.switch_page(PAGE)
-
-
-def errors(at) -> list[str]:
-    return [e.value for e in at.error]
+    return open_page(PAGE, timeout=TIMEOUT, run=False, **state)
 
 
 def upload(at: AppTest, key: str, name: str, data: bytes) -> None:

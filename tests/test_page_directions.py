@@ -2,7 +2,6 @@
 
 import base64
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,17 +10,13 @@ from streamlit.testing.v1 import AppTest
 
 import reports
 from diagnostics.directions import DEFAULTS, DirectionsResult
+from tests.apptest import APP, errors, open_page
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGE = "pages/directions.py"
 
 
 def page(**state) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=300)
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.switch_page(PAGE)
-    return at.run()
+    return open_page(PAGE, timeout=300, **state)
 
 
 def values(field) -> np.ndarray:
@@ -30,10 +25,6 @@ def values(field) -> np.ndarray:
         data = np.frombuffer(base64.b64decode(field["bdata"]), dtype=field["dtype"])
         return data.reshape([int(n) for n in field["shape"].split(",")]) if "shape" in field else data
     return np.asarray(field, dtype=float)
-
-
-def errors(at) -> list[str]:
-    return [e.value for e in at.error]
 
 
 def infos(at) -> list[str]:

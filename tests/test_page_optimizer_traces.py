@@ -1,25 +1,20 @@
 """AppTest for the Optimizer traces page: a background run, its charts and report, and loaded traces."""
 
 import time
-from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
 from diagnostics import trace_recorder
 from diagnostics.optimizer_traces import OptimizerTracesResult
+from tests.apptest import open_page
 
-APP = str(Path(__file__).resolve().parents[1] / "app.py")
 PAGE = "pages/optimizer_traces.py"
 SMALL = {"opt_optimizers": ["adamw", "muon"], "opt_seeds": 2, "opt_steps": 30, "opt_every": 10,
          "opt_alpha_every": 15, "opt_eval_every": 10}
 
 
 def page(**state) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.switch_page(PAGE)
-    return at.run()
+    return open_page(PAGE, **state)
 
 
 def until_done(at: AppTest, seconds: float = 120) -> AppTest:
