@@ -302,7 +302,8 @@ def cmd_optimizers(args) -> list:
 def steering_arguments(p: argparse.ArgumentParser) -> None:
     from diagnostics.steering import DEFAULTS, POSITIONS, TEMPLATES
 
-    p.add_argument("--model", default=None, help="a causal LM: builtin:smollm2, a local HF folder or .gguf, hf:ORG/NAME")
+    p.add_argument("--model", default="builtin:smollm2",
+                   help="a causal LM: builtin:smollm2 (the default), a local HF folder or .gguf, hf:ORG/NAME")
     p.add_argument("--list-concepts", action="store_true", help="print the built-in concept names, one a line, and stop")
     p.add_argument("--concept", default=DEFAULTS["concept"], help="a built-in concept, or the name of the --triples concept")
     p.add_argument("--triples", type=Path, default=None, help="your own triples: .csv or .jsonl with prompt, positive, negative")
@@ -333,9 +334,6 @@ def cmd_steering(args) -> list:
     if args.list_concepts:
         print("\n".join(steering_data.concept_names()))
         return []
-    if args.model is None:
-        raise OrthoscopeError("--model is required (a causal language model, e.g. builtin:smollm2).")
-
     def numbers(text: str, what: str) -> list[float]:
         try:
             return [float(x) for x in text.split(",") if x.strip()]

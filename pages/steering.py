@@ -44,6 +44,8 @@ if handle.kind != "causal-lm":
         "one in the sidebar, e.g. Source 'Built-in' → 'SmolLM2-135M-Instruct' (builtin:smollm2), or a local or "
         "uploaded causal LM."
     )
+    st.button("Use SmolLM2-135M-Instruct", key="steer_use_smollm2", icon=":material/swap_horiz:",
+              on_click=st.session_state.update, args=({"model_source": "Built-in", "builtin_key": "smollm2"},))
     st.stop()
 
 try:

@@ -43,6 +43,12 @@ def test_the_default_encoder_is_refused_with_a_pointer_to_a_causal_lm():
     assert not at.get("plotly_chart")
     assert not [w for w in at.number_input if w.key == "steer_layer"]  # stopped before the page's widgets
 
+    # One click switches the sidebar to the built-in causal LM and the page opens on it.
+    at.button(key="steer_use_smollm2").click().run(timeout=240)
+    assert not at.exception and not errors(at), (at.exception, errors(at))
+    assert at.sidebar.radio(key="model_source").value == "Built-in"
+    assert at.number_input(key="steer_layer").value == steering.default_layer(30) == 18
+
 
 def test_tiny_llama_builtin_concept_computes_every_chart_and_adds_the_result(tiny):
     at = page(**tiny)
