@@ -1,5 +1,7 @@
 """Optimizer traces: orthogonalised optimizers against AdamW and SGD, with the geometry of every update."""
 
+import hashlib
+
 import streamlit as st
 
 import ui
@@ -29,7 +31,7 @@ def _show(result: optimizer_traces.OptimizerTracesResult, key: str) -> None:
         st.warning("Some runs diverged (the loss became NaN or infinite): "
                    + ", ".join(runs.loc[runs["diverged"].fillna(False).astype(bool), "run_id"]) + ".")
     updates = result.table("update")
-    if not updates.empty and updates["momentum_warning"].fillna(False).astype(bool).any():
+    if "momentum_warning" in updates and updates["momentum_warning"].fillna(False).astype(bool).any():
         hits = updates[updates["momentum_warning"].fillna(False).astype(bool)]
         st.warning(f"{len(hits)} update record(s) had a momentum norm below "
                    f"{trace_recorder.MOMENTUM_WARNING_FACTOR:g} x the Newton-Schulz epsilon "
@@ -78,15 +80,12 @@ if source == "Load a trace":
     if upload is None:
         st.info("Upload a trace written by this page, the CLI (`python cli.py optimizers`), or a TraceRecorder in your own loop.")
         st.stop()
+    data = upload.getvalue()
     try:
-        if upload.size > trace_recorder.MAX_TRACE_BYTES:
-            raise OrthoscopeError(f"{upload.name} is {upload.size / 2**20:.0f} MB; traces are limited to "
-                                  f"{trace_recorder.MAX_TRACE_BYTES // 2**20} MB.")
-        try:
-            text = upload.getvalue().decode("utf-8")
-        except UnicodeDecodeError:
-            raise OrthoscopeError(f"{upload.name} is not UTF-8 text; a trace is JSON lines.") from None
-        result = optimizer_traces.from_trace(trace_recorder.parse_trace(text, upload.name), upload.name)
+        # Parsed once per file content, not on every rerun of the page.
+        result = cache.cached(f"trace|{hashlib.sha256(data).hexdigest()}|{upload.name}",
+                              lambda: optimizer_traces.from_trace(trace_recorder.parse_trace_bytes(data, upload.name),
+                                                                  upload.name))
     except OrthoscopeError as exc:
         st.error(str(exc))
         st.stop()
@@ -133,8 +132,19 @@ except OrthoscopeError as exc:
     st.stop()
 runs = len(optimizer_traces.plan(params))
 st.caption(f"{runs} run(s) of {steps} steps each.")
-st.button("Run", type="primary", key="opt_run", icon=":material/play_arrow:",
-          on_click=st.session_state.__setitem__, args=("opt_request", params))
+def _run(request: dict) -> None:
+    # A click asks for a fresh try: a failed job with these settings is forgotten, a finished one kept.
+    job = background.get(_key(request))
+    if job is not None and job.error:
+        background.forget(_key(request))
+    st.session_state["opt_request"] = request
+
+
+def _key(request: dict) -> str:
+    return cache.result_key("optimizer_traces", request["bench"], request)
+
+
+st.button("Run", type="primary", key="opt_run", icon=":material/play_arrow:", on_click=_run, args=(params,))
 request = st.session_state.get("opt_request")
 if request is None:
     st.info("Press Run to train. The runs go on in the background; the page stays usable meanwhile.")
@@ -142,7 +152,7 @@ if request is None:
 if request != params:
     st.info("The settings above have changed: press Run to train with them. The results below are for the last run.")
 
-key = cache.result_key("optimizer_traces", request["bench"], request)
+key = _key(request)
 job = background.start(key, lambda progress: optimizer_traces.run(request, progress=progress))
 
 
@@ -161,5 +171,6 @@ if job.error:
     st.error(job.error)
     st.stop()
 result = job.result
-st.caption(f"{result.model_name} · {runs} run(s) trained in {result.timings['total_s']:.1f} s")
+st.caption(f"{result.model_name} · {len(optimizer_traces.plan(request))} run(s) trained in "
+           f"{result.timings['total_s']:.1f} s")
 _show(result, "opt")

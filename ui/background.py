@@ -1,7 +1,7 @@
 """Long diagnostics in a background thread, so the page stays usable while they run.
 
 A job is keyed explicitly (diagnostic + parameters, as for the result cache); the same key
-started twice, from any session, shares one thread and one result. Pages poll a job from an
+started twice, from any session, shares one thread and one result (or one error). Pages poll a job from an
 ``st.fragment(run_every=...)`` and rerun the whole page once it is done.
 """
 
@@ -58,21 +58,34 @@ def _work(job: Job, compute: Callable[[Callable[[float, str], None]], Any]) -> N
 
 
 def start(key: str, compute: Callable[[Callable[[float, str], None]], Any]) -> Job:
-    """The job under ``key``, started now unless it already runs or has finished without error."""
+    """The job under ``key``: the one already started (running, finished or failed), else a new one.
+
+    A failed job stays failed, so a page that reruns shows its error instead of starting it again;
+    :func:`forget` it first to try again.
+    """
     jobs, lock = _jobs()
     with lock:
         job = jobs.get(key)
-        if job is not None and not (job.done and job.error):
+        if job is not None:
             jobs.move_to_end(key)
             return job
         job = Job(key)
-        job.thread = threading.Thread(target=_work, args=(job, compute), name=f"orthoscope-job", daemon=True)
+        job.thread = threading.Thread(target=_work, args=(job, compute), name="orthoscope-job", daemon=True)
         jobs[key] = job
         # Forget the oldest finished jobs beyond the bound; running ones stay.
         for old in [k for k, j in jobs.items() if j.done][: max(0, len(jobs) - MAX_JOBS)]:
             del jobs[old]
     job.thread.start()
     return job
+
+
+def forget(key: str) -> None:
+    """Drop a finished job, so that the next :func:`start` runs it again (a running one is kept)."""
+    jobs, lock = _jobs()
+    with lock:
+        job = jobs.get(key)
+        if job is not None and job.done:
+            del jobs[key]
 
 
 def get(key: str) -> Job | None:
