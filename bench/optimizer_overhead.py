@@ -48,7 +48,7 @@ def main() -> int:
     import torch
 
     from diagnostics import optimizer_traces as ot
-    from diagnostics.optimizers import Muon, build
+    from diagnostics.optimizers import Muon, build, route
     from diagnostics.trace_recorder import TraceRecorder
 
     torch.set_num_threads(args.threads)
@@ -82,10 +82,12 @@ def main() -> int:
             def loop(record: bool) -> None:
                 torch.manual_seed(0)
                 model = bench.build_model()
-                opt, routes = build(opt_name, model, head=bench.head, input_layers=bench.input_layers)
+                opt, _ = build(opt_name, model, head=bench.head, input_layers=bench.input_layers)
                 rec = None
                 if record:
-                    names = [r.name for r in routes if r.optimizer in (opt_name, "adamw") and len(r.shape) >= 2]
+                    # The matrices the benchmarks' runs track: those a matrix optimizer takes.
+                    names = [r.name for r in route(model, "muon", head=bench.head, input_layers=bench.input_layers)
+                             if r.optimizer == "muon"]
                     rec = TraceRecorder(model, opt, every=ot.DEFAULTS["every"], alpha_every=ot.DEFAULTS["alpha_every"],
                                         matrices=names)
                 batches = bench.batches(torch.Generator().manual_seed(1))

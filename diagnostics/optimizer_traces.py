@@ -18,7 +18,9 @@ the same batches.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterator
@@ -32,7 +34,7 @@ from torch import nn
 from diagnostics import optimizers
 from diagnostics.result import Result
 from diagnostics.threads import single_thread
-from diagnostics.trace_recorder import TraceRecorder, UPDATE_FIELDS
+from diagnostics.trace_recorder import TraceRecorder
 from models.errors import OrthoscopeError
 
 DEFAULTS = {
@@ -55,6 +57,9 @@ DEFAULTS = {
 DECAYS = ("none", "linear", "cosine")
 MAX_STEPS = 20000
 MAX_RUNS = 200
+# Training seeds torch's global generator and sets the process's thread count: comparisons started
+# from several dashboard sessions run one after the other, never interleaved.
+_RUN_LOCK = threading.Lock()
 
 
 # --- benchmarks ----------------------------------------------------------------------------------
@@ -225,11 +230,14 @@ def check_params(params: dict) -> dict:
         raise OrthoscopeError(f"unknown scope {p['scope']!r}; use one of {', '.join(optimizers.SCOPES)}.")
     if p["decay"] not in DECAYS:
         raise OrthoscopeError(f"unknown lr decay {p['decay']!r}; use one of {', '.join(DECAYS)}.")
+    p["optimizers"] = list(dict.fromkeys(p["optimizers"]))
+    p["lr_scales"] = list(dict.fromkeys(float(s) for s in p["lr_scales"]))
     runs = len(p["optimizers"]) * len(p["lr_scales"]) * p["seeds"]
     if runs > MAX_RUNS:
         raise OrthoscopeError(f"{runs} runs requested; at most {MAX_RUNS} (optimizers x lr scales x seeds).")
-    p["optimizers"] = list(dict.fromkeys(p["optimizers"]))
-    p["lr_scales"] = [float(s) for s in p["lr_scales"]]
+    ids = [r["run_id"] for r in plan(p)]
+    if len(set(ids)) < len(ids):
+        raise OrthoscopeError("two learning-rate scales give the same rate to 6 digits; give distinct scales.")
     return p
 
 
@@ -240,7 +248,7 @@ def plan(params: dict) -> list[dict]:
         base = params["lrs"].get(name, optimizers.default_lr(name))
         for scale in params["lr_scales"]:
             for seed in range(params["seeds"]):
-                runs.append({"run_id": f"{name}|lr={base * scale:.4g}|seed={seed}", "optimizer": name,
+                runs.append({"run_id": f"{name}|lr={base * scale:.6g}|seed={seed}", "optimizer": name,
                              "label": optimizers.label_of(name), "lr": base * scale, "lr_scale": scale, "seed": seed})
     return runs
 
@@ -336,6 +344,15 @@ class OptimizerTracesResult(Result):
     records: list = field(default_factory=list)
     notes: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        # Records do not change after construction; the charts ask for the same tables many times.
+        self._memo: dict = {}
+
+    def _memoised(self, key: str, build: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key].copy()
+
     def _of(self, kind: str) -> list[dict]:
         return [r for r in self.records if r.get("type") == kind]
 
@@ -344,6 +361,9 @@ class OptimizerTracesResult(Result):
 
     def runs(self) -> pd.DataFrame:
         """One row per run (from the summary records, or from the trace when a loop wrote none)."""
+        return self._memoised("runs", self._runs)
+
+    def _runs(self) -> pd.DataFrame:
         summaries = {r["run_id"]: r for r in self._of("summary")}
         rows = []
         for run_id, h in self.headers().items():
@@ -358,13 +378,18 @@ class OptimizerTracesResult(Result):
                 row.update(steps_done=steps[-1]["step"] if steps else 0,
                            final_train_loss=steps[-1]["loss"] if steps else None,
                            final_test_accuracy=evals[-1].get("test_accuracy") if evals else None,
-                           best_test_accuracy=max((e.get("test_accuracy") or -1 for e in evals), default=None))
+                           best_test_accuracy=max((a for e in evals if (a := e.get("test_accuracy")) is not None),
+                                                  default=None))
             rows.append(row)
         frame = pd.DataFrame(rows)
         return frame.reindex(columns=[c for c in RUN_COLUMNS if c in frame.columns]
                              + [c for c in frame.columns if c not in RUN_COLUMNS])
 
     def table(self, kind: str) -> pd.DataFrame:
+        """The records of one type, joined with their run's optimizer, label, lr and seed."""
+        return self._memoised(kind, lambda: self._table(kind))
+
+    def _table(self, kind: str) -> pd.DataFrame:
         rows = self._of(kind)
         if kind == "step":
             rows = [{**{k: v for k, v in r.items() if k != "time_ms"},
@@ -397,7 +422,7 @@ class OptimizerTracesResult(Result):
 
 def from_trace(records: list[dict], source: str = "uploaded trace") -> OptimizerTracesResult:
     """A result from a loaded JSONL trace (the dashboard's, or one recorded in a user's loop)."""
-    digest = hashlib.sha256(repr([(r.get("type"), r.get("run_id"), r.get("step")) for r in records]).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
     return OptimizerTracesResult(model_name=source, fingerprint=f"trace:{digest}", params={"source": source},
                                  timings={}, records=records, notes=method_notes())
 
@@ -425,16 +450,17 @@ def run(params: dict, progress: Callable[[float, str], None] | None = None,
         if sink is not None:
             sink(record)
 
-    t0 = time.perf_counter()
-    total = len(runs) * params["steps"]
-    with single_thread():
+    if progress and _RUN_LOCK.locked():
+        progress(0.0, "waiting for another comparison to finish")
+    with _RUN_LOCK, single_thread():
+        t0 = time.perf_counter()
+        total = len(runs) * params["steps"]
         for i, r in enumerate(runs):
             def tick(t: int, i=i, r=r) -> None:
                 if progress and (t % 10 == 0 or t == params["steps"]):
                     progress((i * params["steps"] + t) / total, f"run {i + 1}/{len(runs)}: {r['label']} "
                              f"lr={r['lr']:.3g} seed={r['seed']}, step {t}/{params['steps']}")
             train_run(bench, r, params, keep, tick)
-    fingerprint = f"{bench.name}:{bench.data_digest}"
-    return OptimizerTracesResult(model_name=bench.description, fingerprint=fingerprint, params=params,
-                                 timings={"total_s": time.perf_counter() - t0}, records=records,
-                                 notes=method_notes())
+        seconds = time.perf_counter() - t0
+    return OptimizerTracesResult(model_name=bench.description, fingerprint=f"{bench.name}:{bench.data_digest}",
+                                 params=params, timings={"total_s": seconds}, records=records, notes=method_notes())

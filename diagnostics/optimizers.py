@@ -556,6 +556,14 @@ class RoutedOptimizer(torch.optim.Optimizer):
         for opt in self.inner:
             opt.zero_grad(set_to_none=set_to_none)
 
+    def state_dict(self) -> dict:
+        # The state lives in the inner optimizers; saving the outer one alone would lose the momentum.
+        return {"inner": [opt.state_dict() for opt in self.inner]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        for opt, inner in zip(self.inner, state_dict["inner"], strict=True):
+            opt.load_state_dict(inner)
+
 
 def state_of(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict:
     """The optimizer state of ``p``, looking inside a :class:`RoutedOptimizer`."""
@@ -577,11 +585,9 @@ def build(name: str, model: nn.Module, *, lr: float | None = None, adamw_lr: flo
         return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay), routes
     matrix = [params[r.name] for r in routes if r.optimizer == name]
     rest = [params[r.name] for r in routes if r.optimizer != name]
-    inner: list[torch.optim.Optimizer] = []
-    if matrix:
-        inner.append(_matrix_class(name)(matrix, lr=lr, weight_decay=weight_decay))
-    if rest:
-        inner.append(torch.optim.AdamW(rest, lr=adamw_lr, weight_decay=weight_decay))
     if not matrix:
         raise OrthoscopeError(f"{label_of(name)} has no matrix to take in this model with scope {scope!r}.")
+    inner: list[torch.optim.Optimizer] = [_matrix_class(name)(matrix, lr=lr, weight_decay=weight_decay)]
+    if rest:
+        inner.append(torch.optim.AdamW(rest, lr=adamw_lr, weight_decay=weight_decay))
     return RoutedOptimizer(inner), routes

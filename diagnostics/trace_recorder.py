@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from diagnostics.optimizers import NS_EPS, MatrixOptimizer, RoutedOptimizer, as_matrix, state_of
+from diagnostics.result import jsonable
 from diagnostics.spectra import eigenvalues, fit_power_law
 from models.errors import OrthoscopeError
 
@@ -115,7 +116,7 @@ def weight_alpha(W: torch.Tensor) -> dict:
     """Power-law alpha of the ESD of ``W`` (eigenvalues of W^T W), as the spectra diagnostic fits it."""
     if not torch.isfinite(W).all():
         return {"alpha": math.nan, "n_evals": 0, "n_tail": 0, "status": "failed: the weights are not finite"}
-    evals, _ = eigenvalues(as_matrix(W.detach()))
+    evals, _ = eigenvalues(as_matrix(W.detach()).cpu())
     fit = fit_power_law(evals)
     return {"alpha": fit.alpha, "n_evals": int(evals.size), "n_tail": fit.n_tail, "status": fit.status}
 
@@ -197,8 +198,9 @@ class TraceRecorder:
     def _record_updates(self) -> None:
         eps_line = MOMENTUM_WARNING_FACTOR * NS_EPS
         for name, p in self.matrices.items():
-            W0 = self._before.pop(name)
-            M = as_matrix(p.detach())
+            # Measured on the CPU in float64 whatever device the model trains on.
+            W0 = self._before.pop(name).cpu()
+            M = as_matrix(p.detach()).cpu()
             row = {"type": "update", "run_id": self.run_id, "step": self.step, "matrix": name}
             dW = M - W0
             row.update(update_metrics(dW, W0))
@@ -268,20 +270,15 @@ REQUIRED = {
     "eval": ("run_id", "step"),
     "summary": ("run_id",),
 }
+# The fields the page computes with; numbers may be null (NaN) where a metric had no value.
+FIELD_TYPES = {"run_id": (str,), "step": (int,), "run": (dict,), "time_ms": (dict,), "matrix": (str,),
+               "loss": (int, float, type(None))}
 MAX_TRACE_BYTES = 200 * 1024 * 1024
 
 
-def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    return value
-
-
 def dumps(record: dict) -> str:
-    """One JSONL line (NaN and infinity written as null, which JSON can carry)."""
-    return json.dumps(_clean(record), separators=(",", ":"))
+    """One JSONL line (NaN and infinity written as null, numpy values as plain numbers)."""
+    return json.dumps(jsonable(record), separators=(",", ":"))
 
 
 def write_trace(records: Iterable[dict], path: str | Path) -> None:
@@ -304,8 +301,8 @@ def parse_trace(text: str, source: str = "trace") -> list[dict]:
             last = number == len(lines) or not any(l.strip() for l in lines[number:])
             hint = " It is the last line and ends early: the file looks truncated." if last and not text.endswith("\n") else ""
             raise OrthoscopeError(f"{source}, line {number}: not valid JSON ({exc.msg} at column {exc.colno}).{hint}") from None
-        if not isinstance(record, dict) or "type" not in record:
-            raise OrthoscopeError(f"{source}, line {number}: expected a JSON object with a \"type\" field.")
+        if not isinstance(record, dict) or not isinstance(record.get("type"), str):
+            raise OrthoscopeError(f"{source}, line {number}: expected a JSON object with a \"type\" string.")
         kind = record["type"]
         if kind not in REQUIRED:
             raise OrthoscopeError(f"{source}, line {number}: unknown record type {kind!r}; "
@@ -313,6 +310,10 @@ def parse_trace(text: str, source: str = "trace") -> list[dict]:
         missing = [k for k in REQUIRED[kind] if k not in record]
         if missing:
             raise OrthoscopeError(f"{source}, line {number}: a {kind!r} record lacks {', '.join(missing)}.")
+        wrong = [k for k, t in FIELD_TYPES.items() if k in record and not isinstance(record[k], t)]
+        if wrong:
+            raise OrthoscopeError(f"{source}, line {number}: in a {kind!r} record, "
+                                  + ", ".join(f"{k} should be {FIELD_TYPES[k][-1].__name__}" for k in wrong) + ".")
         if kind == "header":
             if record["format"] != TRACE_FORMAT:
                 raise OrthoscopeError(f"{source}, line {number}: format is {record['format']!r}, not {TRACE_FORMAT!r}.")
@@ -328,13 +329,20 @@ def parse_trace(text: str, source: str = "trace") -> list[dict]:
     return records
 
 
+def parse_trace_bytes(data: bytes, name: str) -> list[dict]:
+    """Records of an uploaded or saved trace file's bytes, with its size and encoding checked."""
+    if len(data) > MAX_TRACE_BYTES:
+        raise OrthoscopeError(f"{name} is {len(data) / 2**20:.0f} MB; traces are limited to {MAX_TRACE_BYTES // 2**20} MB.")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise OrthoscopeError(f"{name} is not UTF-8 text; a trace is JSON lines.") from None
+    return parse_trace(text, name)
+
+
 def read_trace(path: str | Path) -> list[dict]:
     path = Path(path)
     size = path.stat().st_size
     if size > MAX_TRACE_BYTES:
         raise OrthoscopeError(f"{path.name} is {size / 2**20:.0f} MB; traces are limited to {MAX_TRACE_BYTES // 2**20} MB.")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise OrthoscopeError(f"{path.name} is not UTF-8 text; a trace is JSON lines.") from None
-    return parse_trace(text, path.name)
+    return parse_trace_bytes(path.read_bytes(), path.name)

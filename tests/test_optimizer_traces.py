@@ -159,3 +159,18 @@ def test_a_users_own_trace_without_summaries_still_gives_a_runs_table():
     last_step = [r for r in rec.records if r["type"] == "step"][-1]
     assert math.isclose(runs.iloc[0]["final_train_loss"], last_step["loss"])
     assert len(charts.figures(result)) == 7
+
+
+def test_repeated_learning_rate_scales_run_once_and_colliding_rates_are_refused():
+    params = ot.check_params({"optimizers": ["muon"], "lr_scales": [1, 1.0, 2], "seeds": 1})
+    assert params["lr_scales"] == [1.0, 2.0] and len(ot.plan(params)) == 2
+    with pytest.raises(OrthoscopeError, match="same rate to 6 digits"):
+        ot.check_params({"optimizers": ["muon"], "lr_scales": [1, 1.0000001], "seeds": 1})
+
+
+def test_a_trace_without_summaries_keeps_a_zero_accuracy():
+    header = {"type": "header", "format": tr.TRACE_FORMAT, "version": tr.TRACE_VERSION, "run_id": "r",
+              "run": {"optimizer": "sgd"}, "matrices": []}
+    evals = [{"type": "eval", "run_id": "r", "step": s, "test_accuracy": 0.0} for s in (1, 2)]
+    runs = ot.from_trace([header, *evals]).runs()
+    assert runs.iloc[0]["best_test_accuracy"] == 0.0

@@ -426,3 +426,17 @@ def test_bad_method_hyper_parameters_raise(cls, bad):
 def test_vectors_are_refused():
     with pytest.raises(ValueError, match="AdamW"):
         ARO([nn.Parameter(torch.zeros(5))])
+
+
+def test_routed_optimizer_state_dict_round_trips_the_inner_states():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    opt, _ = build("muon", model, head=["1"])
+    model(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    saved = opt.state_dict()
+    assert len(saved["inner"]) == 2 and saved["inner"][0]["state"]
+    fresh, _ = build("muon", model, head=["1"])
+    fresh.load_state_dict(saved)
+    buf = fresh.state_of(model[0].weight)["momentum_buffer"]
+    assert torch.equal(buf, opt.state_of(model[0].weight)["momentum_buffer"])

@@ -193,3 +193,18 @@ def test_non_utf8_trace_is_refused(tmp_path):
     path.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(OrthoscopeError, match="not UTF-8"):
         tr.read_trace(path)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"type": ["step"], "run_id": "r"}', 'line 3: expected a JSON object with a "type" string'),
+    ('{"type": "step", "run_id": "r", "step": "two", "loss": 1.0, "time_ms": {}}', "line 3: in a 'step' record, step should be int"),
+    ('{"type": "step", "run_id": "r", "step": 2, "loss": 1.0, "time_ms": [1]}', "time_ms should be dict"),
+])
+def test_fields_of_the_wrong_type_name_the_line(line, message):
+    with pytest.raises(OrthoscopeError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        tr.parse_trace("\n".join(_lines() + [line]) + "\n", "t.jsonl")
+
+
+def test_dumps_writes_nan_as_null_everywhere_and_numpy_values_as_numbers():
+    record = {"type": "eval", "values": [1.0, float("nan")], "acc": np.float32(0.5), "inf": float("inf")}
+    assert json.loads(tr.dumps(record)) == {"type": "eval", "values": [1.0, None], "acc": 0.5, "inf": None}
