@@ -38,6 +38,16 @@ def parse_checks(text: str | None) -> list[tuple[str, str, float]]:
     return checks
 
 
+def numbers(text: str, flag: str, kind=float) -> list:
+    """``"1,2,4"`` -> [1.0, 2.0, 4.0] for the option ``--flag``, with a one-line error otherwise."""
+    from models import OrthoscopeError
+
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise OrthoscopeError(f"--{flag}: cannot read {text!r}; write comma-separated numbers.") from None
+
+
 def failed_checks(frame, checks) -> list[str]:
     """One line per row that matches a check, naming the row and the value."""
     from models import OrthoscopeError
@@ -222,18 +232,11 @@ def directions_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_directions(args) -> list:
     from diagnostics import directions
-    from models import OrthoscopeError
-
-    def numbers(text: str, kind, what: str) -> list:
-        try:
-            return [kind(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise OrthoscopeError(f"--{what}: cannot read {text!r}; write comma-separated numbers.") from None
 
     params = {
         "matrices": args.matrix, "k": args.k, "normalize": not args.no_normalize, "seed": args.seed,
-        "fit_iters": args.fit_iters, "alphas": numbers(args.alphas, float, "alphas"),
-        "traverse": numbers(args.traverse, int, "traverse"), "prompts": args.prompt, "gen_tokens": args.gen_tokens,
+        "fit_iters": args.fit_iters, "alphas": numbers(args.alphas, "alphas"),
+        "traverse": numbers(args.traverse, "traverse", int), "prompts": args.prompt, "gen_tokens": args.gen_tokens,
     }
     handle = load_model(args.model)
     return [with_bar("directions", lambda bar: directions.run(handle, params, progress=bar))]
@@ -278,10 +281,7 @@ def cmd_optimizers(args) -> list:
             lrs[name.strip()] = float(value)
         except ValueError:
             raise OrthoscopeError(f"--lr: cannot read {item!r}; write NAME=RATE, e.g. muon=0.02.") from None
-    try:
-        scales = [float(x) for x in args.lr_scales.split(",") if x.strip()]
-    except ValueError:
-        raise OrthoscopeError(f"--lr-scales: cannot read {args.lr_scales!r}; write comma-separated numbers.") from None
+    scales = numbers(args.lr_scales, "lr-scales")
     params = optimizer_traces.check_params({
         "bench": args.bench, "optimizers": [o.strip() for o in args.optimizers.split(",") if o.strip()],
         "lr_scales": scales, "lrs": lrs, "seeds": args.seeds, "steps": args.steps, "scope": args.scope,
@@ -334,12 +334,6 @@ def cmd_steering(args) -> list:
     if args.list_concepts:
         print("\n".join(steering_data.concept_names()))
         return []
-    def numbers(text: str, what: str) -> list[float]:
-        try:
-            return [float(x) for x in text.split(",") if x.strip()]
-        except ValueError:
-            raise OrthoscopeError(f"--{what}: cannot read {text!r}; write comma-separated numbers.") from None
-
     triples = None
     if args.triples is not None:
         if not args.triples.is_file():
@@ -347,7 +341,7 @@ def cmd_steering(args) -> list:
         triples = steering_data.parse_triples(args.triples.read_bytes(), args.triples.name)
     params = {
         "concept": args.concept, "layer": args.layer, "position": args.position, "template": args.template,
-        "tokens": [t for t in args.tokens.split(",") if t.strip()] if args.tokens is not None else None,
+        "tokens": steering_data.split_tokens(args.tokens) if args.tokens is not None else None,
         "sectors": args.sectors, "strengths": numbers(args.strengths, "strengths"),
         "penalties": numbers(args.penalties, "penalties"), "threshold": args.threshold, "seed": args.seed,
         "grid_samples": args.grid_samples, "heldout_prompts": args.heldout_prompts,

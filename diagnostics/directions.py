@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from diagnostics.batching import right_padded
 from diagnostics.result import Result
 from diagnostics.threads import single_thread
 from models import ModelHandle, OrthoscopeError, WeightMatrix
@@ -476,20 +477,6 @@ def mean_token_norm(tensors: list[torch.Tensor], masks: list[torch.Tensor]) -> f
 # Language models: logit lens and next-token traversal
 
 
-def _padded(prompt_ids: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ids, attention mask and the index of each prompt's last token.
-
-    Right padding leaves every real position's logits unchanged in a causal model.
-    """
-    length = max(len(p) for p in prompt_ids)
-    ids = torch.zeros(len(prompt_ids), length, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompt_ids):
-        ids[i, : len(p)] = p
-        mask[i, : len(p)] = 1
-    return ids, mask, torch.tensor([len(p) - 1 for p in prompt_ids])
-
-
 def next_token_logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     """log p(next token) at each prompt's last position, float64, (prompts, vocab)."""
     logits = model(input_ids=ids, attention_mask=mask).logits
@@ -559,7 +546,7 @@ def lm_traversal(
     """
     from transformers import GenerationConfig
 
-    ids, mask, last = _padded(prompt_ids)
+    ids, mask, last = right_padded(prompt_ids)
     base = next_token_logprobs(model, ids, mask, last)
     first = prompt_ids[0][None]
 
@@ -850,7 +837,7 @@ def _readout_and_traversal(handle, model, sites, site_note, mats, N, directions,
     with torch.inference_mode():
         if handle.kind == "causal-lm":
             prompt_ids = [tokenizer(t, return_tensors="pt").input_ids[0] for t in p["prompts"]]
-            ids, mask, last = _padded(prompt_ids)
+            ids, mask, last = right_padded(prompt_ids)
             with recorded(sites) as seen:
                 model(input_ids=ids, attention_mask=mask)
             scale = mean_token_norm(seen, [mask] * len(seen))

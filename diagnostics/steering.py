@@ -34,10 +34,8 @@ final norm, where ``hidden_states`` has the normed one):
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import time
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterator
@@ -48,6 +46,7 @@ import torch
 from torch import nn
 
 from diagnostics import steering_data
+from diagnostics.batching import right_padded
 from diagnostics.result import Result
 from models import ModelHandle, OrthoscopeError
 
@@ -79,8 +78,6 @@ POSITIONS = ("last", "mean")
 TEMPLATES = ("chat", "plain")
 MAX_GEN_TOKENS = 64
 PROBE_C = 1.0
-_ACTIVATION_CACHE: OrderedDict = OrderedDict()
-_CACHE_ENTRIES = 8
 
 
 # --- the model side ------------------------------------------------------------------------------
@@ -171,16 +168,6 @@ def effective_template(tokenizer, template: str) -> tuple[str, str | None]:
     return template, None
 
 
-def _pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
-    return ids, mask
-
-
 def _pad_id(tokenizer) -> int:
     for name in ("pad_token_id", "eos_token_id", "unk_token_id"):
         value = getattr(tokenizer, name, None)
@@ -224,13 +211,12 @@ def activations(model: nn.Module, tokenizer, triples: list[dict], *, position: s
 
     handles = [b.register_forward_hook(keep(i)) for i, b in enumerate(blocks)]
     out = np.zeros((len(blocks), len(texts), model.config.hidden_size), dtype=np.float32)
-    pad = _pad_id(tokenizer)
     t0, passes = time.perf_counter(), 0
     try:
         with torch.no_grad():
             for start in range(0, len(texts), batch_size):
                 chunk = texts[start:start + batch_size]
-                ids, mask = _pad(chunk, pad)
+                ids, mask, _ = right_padded(chunk)
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
                 passes += 1
                 for j, (lo, hi) in enumerate(spans[start:start + batch_size]):
@@ -245,19 +231,24 @@ def activations(model: nn.Module, tokenizer, triples: list[dict], *, position: s
     return Activations(out[:, 0::2], out[:, 1::2], sum(len(t) for t in texts), passes, time.perf_counter() - t0)
 
 
-def cached_activations(handle: ModelHandle, triples: list[dict], *, position: str, template: str, batch_size: int,
-                       progress: Progress | None = None) -> tuple[Activations, bool]:
-    """Activations cached per model, data set, position and template (a few entries, newest kept)."""
-    key = (handle.fingerprint, steering_data.digest(triples), position, template)
-    if key in _ACTIVATION_CACHE:
-        _ACTIVATION_CACHE.move_to_end(key)
-        return _ACTIVATION_CACHE[key], True
-    acts = activations(handle.module(), handle.tokenizer(), triples, position=position, template=template,
-                       batch_size=batch_size, progress=progress)
-    _ACTIVATION_CACHE[key] = acts
-    while len(_ACTIVATION_CACHE) > _CACHE_ENTRIES:
-        _ACTIVATION_CACHE.popitem(last=False)
-    return acts, False
+ActivationCache = Callable[[str, Callable[[], Activations]], Activations]
+
+
+def _activations_once(handle: ModelHandle, triples: list[dict], *, position: str, template: str, batch_size: int,
+                      cache: ActivationCache | None, progress: Progress | None) -> tuple[Activations, bool]:
+    """The activations, through ``cache(key, compute)`` when the caller keeps one (the page does:
+    keyed by model, data set, position and template, so a new block or grid reuses them)."""
+    computed = []
+
+    def compute() -> Activations:
+        computed.append(True)
+        return activations(handle.module(), handle.tokenizer(), triples, position=position, template=template,
+                           batch_size=batch_size, progress=progress)
+
+    if cache is None:
+        return compute(), False
+    key = f"steering-activations|{handle.fingerprint}|{steering_data.digest(triples)}|{position}|{template}"
+    return cache(key, compute), not computed
 
 
 # --- geometry ----------------------------------------------------------------------------------------
@@ -364,8 +355,7 @@ def min_strength(strengths: list[float], gains: np.ndarray, threshold: float) ->
     ys = [0.0, *gains]
     for k in range(1, len(xs)):
         if ys[k] >= threshold:
-            if ys[k - 1] >= threshold or ys[k] == ys[k - 1]:
-                return xs[k]
+            # ys[k - 1] < threshold <= ys[k] here (the threshold is positive and ys[0] = 0).
             return xs[k - 1] + (threshold - ys[k - 1]) * (xs[k] - xs[k - 1]) / (ys[k] - ys[k - 1])
     return math.nan
 
@@ -438,7 +428,7 @@ class Scorer:
         """
         k = 1 if vectors is None else len(vectors)
         per = max(1, self.batch_size // len(sentences))
-        ids, mask = _pad(sentences, 0)
+        ids, mask, _ = right_padded(sentences)
         out = []
         for start in range(0, k, per):
             n_v = min(per, k - start)
@@ -566,8 +556,11 @@ def _spread_samples(phi: np.ndarray, k: int) -> np.ndarray:
 
 
 def run(handle: ModelHandle, params: dict, triples: list[dict] | None = None,
-        progress: Progress | None = None) -> SteeringResult:
-    """The cylinder of one concept at one block, and how steering along it works (see the module doc)."""
+        progress: Progress | None = None, activation_cache: ActivationCache | None = None) -> SteeringResult:
+    """The cylinder of one concept at one block, and how steering along it works (see the module doc).
+
+    ``activation_cache(key, compute)``: where the caller keeps activations between runs, if it does.
+    """
     t_start = time.perf_counter()
     report = progress or (lambda f, m: None)
     model = check_causal_lm(handle)
@@ -591,8 +584,9 @@ def run(handle: ModelHandle, params: dict, triples: list[dict] | None = None,
     fit, held = split_triples(len(triples), p["heldout_fraction"], p["seed"])
     layer = p["layer"]
 
-    acts, hit = cached_activations(handle, triples, position=p["position"], template=template,
-                                   batch_size=p["batch_size"], progress=lambda f, m: report(0.4 * f, m))
+    acts, hit = _activations_once(handle, triples, position=p["position"], template=template,
+                                  batch_size=p["batch_size"], cache=activation_cache,
+                                  progress=lambda f, m: report(0.4 * f, m))
     t_acts = time.perf_counter()
     pos, neg = acts.positive[layer].astype(np.float64), acts.negative[layer].astype(np.float64)
     D = pos[fit] - neg[fit]
@@ -647,7 +641,7 @@ def run(handle: ModelHandle, params: dict, triples: list[dict] | None = None,
                          "corruption": float(corruption[:, si, pi].mean()),
                          "perplexity_ratio": float(np.exp(corruption[:, si, pi]).mean())})
     strengths_needed = np.array([min_strength(S, gain_all[i], p["threshold"]) for i in range(n)])
-    steerability = np.where(np.isfinite(strengths_needed), 1.0 / np.where(np.isfinite(strengths_needed), strengths_needed, 1), 0.0)
+    steerability = np.nan_to_num(1.0 / strengths_needed, nan=0.0)
     samples = []
     for r, i in enumerate(fit):
         samples.append({"index": int(i), "split": "fit", "prompt": triples[i]["prompt"],

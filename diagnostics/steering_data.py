@@ -80,6 +80,11 @@ def digest(triples: list[dict]) -> str:
     return hashlib.sha256(json.dumps(triples, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def split_tokens(text: str) -> list[str]:
+    """``" dog, dogs"`` -> [" dog", " dogs"]: a leading space is part of a token, a trailing one is not."""
+    return [t.rstrip() for t in text.split(",") if t.strip()]
+
+
 @dataclass(frozen=True)
 class ConceptToken:
     """One concept word as the tokenizer sees it; the first piece is what next-token scores count."""

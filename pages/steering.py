@@ -22,11 +22,6 @@ D = steering.DEFAULTS
 BUILTIN, UPLOAD = "Built-in concept", "Upload triples"
 
 
-def _tokens(text: str) -> list[str]:
-    """Comma-separated concept tokens; a leading space is kept (it is part of the token)."""
-    return [t.rstrip() for t in text.split(",") if t.strip()]
-
-
 def _request(params: dict, triples: list[dict] | None) -> None:
     # Runs in the click's callback, before the script: the click survives the sidebar's reruns.
     st.session_state["steer_request"] = params
@@ -94,7 +89,7 @@ try:
         triples = steering_data.parse_triples(upload.getvalue(), upload.name)
         digest = steering_data.digest(triples)
         concept = concept or upload.name.rsplit(".", 1)[0]
-        tokens = _tokens(tokens_text)
+        tokens = steering_data.split_tokens(tokens_text)
         if not tokens:
             raise OrthoscopeError(f"give the tokens that signal the concept {concept!r}, comma-separated (e.g. ' dog, dogs').")
         st.caption(f"{len(triples)} triples from {upload.name} (sha256 {digest}).")
@@ -164,7 +159,8 @@ try:
     result = cache.cached(
         cache.result_key("steering", handle.fingerprint, request),
         lambda: steering.run(handle, {k: v for k, v in request.items() if k != "triples_sha256"}, request_triples,
-                             progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m)),
+                             progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m),
+                             activation_cache=cache.cached),
     )
 except OrthoscopeError as exc:
     bar.empty()

@@ -640,3 +640,19 @@ def test_smollm2_axis_steers_the_concept_up_on_heldout_prompts(smollm2):
     assert grid[2.0]["concept_gain"] > 0 and grid[4.0]["concept_gain"] > 0
     assert grid[4.0]["concept_gain"] > grid[2.0]["concept_gain"]
     assert r.heldout["mean_cos_theta"] > 0
+
+
+def test_activations_go_through_the_callers_cache_once(tiny):
+    store, calls = {}, []
+
+    def cache(key, compute):
+        calls.append(key)
+        if key not in store:
+            store[key] = compute()
+        return store[key]
+
+    first = steering.run(tiny[0], dict(TINY_PARAMS), activation_cache=cache)
+    second = steering.run(tiny[0], {**TINY_PARAMS, "layer": 1}, activation_cache=cache)
+    assert len(store) == 1 and len(calls) == 2 and calls[0].startswith("steering-activations|")
+    assert not first.work["activations_cached"] and second.work["activations_cached"]
+    assert second.layer == 1 and first.timings["activations_s"] > 0 == second.timings["activations_s"]
