@@ -683,7 +683,7 @@ def resolve_params(handle: ModelHandle, params: dict | None) -> dict:
 
 def run(handle: ModelHandle, params: dict | None = None, progress: Progress | None = None) -> DirectionsResult:
     """Factorise the chosen matrix (or stack), then read out and traverse its top directions."""
-    with single_thread():
+    with single_thread(), handle.hooks_lock:
         return _run(handle, params, progress)
 
 

@@ -561,6 +561,12 @@ def run(handle: ModelHandle, params: dict, triples: list[dict] | None = None,
 
     ``activation_cache(key, compute)``: where the caller keeps activations between runs, if it does.
     """
+    with handle.hooks_lock:
+        return _run(handle, params, triples, progress, activation_cache)
+
+
+def _run(handle: ModelHandle, params: dict, triples: list[dict] | None, progress: Progress | None,
+         activation_cache: ActivationCache | None) -> SteeringResult:
     t_start = time.perf_counter()
     report = progress or (lambda f, m: None)
     model = check_causal_lm(handle)

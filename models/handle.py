@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -53,6 +53,9 @@ class ModelHandle:
     tokenizer_loader: Callable[[], object] | None = None
     _module: torch.nn.Module | None = field(default=None, repr=False)
     _tokenizer: object | None = field(default=None, repr=False)
+    # Held while a diagnostic has hooks on the module: dashboard sessions share one handle, and
+    # another session's forward pass would otherwise run through those hooks.
+    hooks_lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def num_params(self) -> int:
