@@ -145,12 +145,9 @@ def _key(request: dict) -> str:
 
 
 st.button("Run", type="primary", key="opt_run", icon=":material/play_arrow:", on_click=_run, args=(params,))
-request = st.session_state.get("opt_request")
-if request is None:
-    st.info("Press Run to train. The runs go on in the background; the page stays usable meanwhile.")
-    st.stop()
-if request != params:
-    st.info("The settings above have changed: press Run to train with them. The results below are for the last run.")
+request = inputs.last_request(
+    "opt_request", params, "Press Run to train. The runs go on in the background; the page stays usable meanwhile.",
+    "The settings above have changed: press Run to train with them. The results below are for the last run.")
 
 key = _key(request)
 job = background.start(key, lambda progress: optimizer_traces.run(request, progress=progress))

@@ -146,12 +146,9 @@ except OrthoscopeError as exc:
 
 st.button("Compute", type="primary", key="steer_compute", icon=":material/play_arrow:",
           on_click=_request, args=(params, triples))
-request = st.session_state.get("steer_request")
-if request is None:
-    st.info("Press Compute to read the activations, fit the cylinder and score the steering grid.")
-    st.stop()
-if request != params:
-    st.info("The settings above have changed: press Compute to update the results below.")
+request = inputs.last_request(
+    "steer_request", params, "Press Compute to read the activations, fit the cylinder and score the steering grid.",
+    "The settings above have changed: press Compute to update the results below.")
 
 request_triples = st.session_state.get("steer_request_triples")
 bar = st.progress(0.0, text="Computing ...")
