@@ -12,7 +12,7 @@
 Every ``every`` optimizer steps the recorder keeps the weights just before the step (a step
 pre-hook), and after it (a post-hook) measures the applied update ``dW = W_after - W_before`` of
 each tracked matrix; every ``alpha_every`` steps it fits the power-law alpha of each weight
-matrix's ESD with the spectra diagnostic's :func:`~diagnostics.spectra.fit_power_law`. Records are
+matrix's ESD with the spectra diagnostic's :func:`~diagnostics.power_law.fit_power_law`. Records are
 plain dicts (one JSON object a line; the format is documented in reports/SCHEMA.md) so they can
 be streamed to a file and loaded back with :func:`read_trace`.
 """
@@ -31,8 +31,9 @@ import torch
 from torch import nn
 
 from diagnostics.optimizers import NS_EPS, MatrixOptimizer, RoutedOptimizer, as_matrix, state_of
+from diagnostics.power_law import fit_power_law
 from diagnostics.result import jsonable
-from diagnostics.spectra import eigenvalues, fit_power_law
+from diagnostics.spectra import eigenvalues
 from models.errors import OrthoscopeError
 
 TRACE_FORMAT = "orthoscope-trace"
