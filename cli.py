@@ -64,6 +64,14 @@ def failed_checks(frame, checks) -> list[str]:
     return lines
 
 
+def checked_rows(result, args):
+    """The rows --fail-on looks at: for spectra, the trusted fits unless --fail-on-all."""
+    frame = result.to_frame()
+    if getattr(args, "fail_on_all", True) or "pl_trust" not in frame.columns:
+        return frame
+    return frame[frame["pl_trust"].astype(bool)]
+
+
 class _Bar:
     """A progress bar on stderr, driven by the diagnostics' (fraction, message) callback."""
 
@@ -118,8 +126,16 @@ def spectra_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fft-input-size", type=int, default=32, help="input pixels per side for --conv2d-fft")
     p.add_argument("--min-evals", type=int, default=8, help="skip layers with fewer eigenvalues")
     p.add_argument("--max-evals", type=int, default=None, help="skip layers with more eigenvalues")
-    p.add_argument("--seed", type=int, default=0, help="seed of the --randomize shuffles")
+    p.add_argument("--gof", action="store_true",
+                   help="goodness of fit: Clauset's bootstrap p-value (pl_pvalue) and a bootstrap interval on alpha; "
+                        "the trust rule then also needs p >= 0.1")
+    p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for --gof")
+    p.add_argument("--small-n-rule", choices=["min-d", "j"], default="min-d",
+                   help="xmin choice for fits of fewer than 20 points: WeightWatcher 0.7.7's smallest D, or its J criterion")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --randomize shuffles and the --gof bootstrap")
     p.add_argument("--layers", default=None, help="comma-separated matrix names (default: every analysed matrix)")
+    p.add_argument("--fail-on-all", action="store_true",
+                   help="apply --fail-on to every row; by default it looks only at rows whose power law is trusted")
 
 
 def cmd_spectra(args) -> list:
@@ -128,7 +144,8 @@ def cmd_spectra(args) -> list:
     params = spectra.SpectraParams(
         normalize=args.normalize, randomize=args.randomize, mp_fit=args.mp_fit, detx=args.detx,
         fix_fingers=args.fix_fingers, conv2d_fft=args.conv2d_fft, fft_input_size=args.fft_input_size,
-        min_evals=args.min_evals, max_evals=args.max_evals, seed=args.seed,
+        min_evals=args.min_evals, max_evals=args.max_evals, seed=args.seed, gof=args.gof, n_boot=args.n_boot,
+        small_n_rule=args.small_n_rule,
     )
     handle = load_model(args.model)
     names = [n.strip() for n in args.layers.split(",") if n.strip()] if args.layers else None
@@ -398,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         checks = parse_checks(args.fail_on)
         results = func(args)
         written = write(results, args.out) if results else []
-        failures = [line for r in results for line in failed_checks(r.to_frame(), checks)]
+        failures = [line for r in results for line in failed_checks(checked_rows(r, args), checks)]
     except OrthoscopeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

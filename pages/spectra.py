@@ -13,8 +13,9 @@ st.title("Layer spectra")
 st.caption(
     "Eigenvalues of W^T W for every weight matrix (WeightWatcher's convention), the heavy-tailed "
     "power-law exponent alpha fitted by Clauset's method, and the other HTSR / SETOL metrics. "
-    "alpha below 2 suggests over-training, above 6 under-training; a layer whose ESD has no "
-    "eigenvalue beyond the random-matrix (Marchenko-Pastur) edge has no tail worth fitting."
+    "Every layer gets a phase (Martin & Mahoney 2021): random-like (an MP bulk), bulk+spikes (an MP "
+    "bulk plus a few outliers), heavy-tailed or very-heavy-tailed. Only a heavy-tailed phase's "
+    "power law is trusted; headline numbers use trusted fits only, and untrusted points are drawn hollow."
 )
 
 with st.expander("Options", expanded=False):
@@ -30,13 +31,24 @@ with st.expander("Options", expanded=False):
     conv2d_fft = c[1].checkbox("Exact conv operator spectrum (FFT)", key="spectra_conv2d_fft")
     min_evals = c[2].number_input("min_evals", min_value=2, value=8, step=1, key="spectra_min_evals")
     seed = c[3].number_input("seed", min_value=0, value=0, step=1, key="spectra_seed")
+    c = st.columns(4)
+    gof = c[0].checkbox("Goodness of fit", key="spectra_gof",
+                        help="Clauset's bootstrap p-value (pl_pvalue) and a bootstrap interval on alpha, xmin re-chosen "
+                             "in every resample; the trust rule then also needs p >= 0.1. Off: the interval is the "
+                             "asymptotic one with xmin fixed.")
+    n_boot = c[1].number_input("Bootstrap resamples", min_value=10, value=200, step=50, key="spectra_n_boot")
+    small_n_rule = c[2].selectbox(
+        "xmin rule below 20 points", list(spectra.SMALL_N_RULES), key="spectra_small_n_rule",
+        format_func=lambda v: {"min-d": "smallest D (WeightWatcher 0.7.7)", "j": "J criterion"}[v],
+    )
 
 handle = model_picker.current_model()
 if handle is not None:
     try:
         params = spectra.SpectraParams(
             normalize=normalize, randomize=randomize, mp_fit=mp_fit, detx=detx, fix_fingers=fix_fingers,
-            conv2d_fft=conv2d_fft, min_evals=int(min_evals), seed=int(seed),
+            conv2d_fft=conv2d_fft, min_evals=int(min_evals), seed=int(seed), gof=gof, n_boot=int(n_boot),
+            small_n_rule=small_n_rule,
         )
         bar = st.progress(0.0, text="Computing spectra ...")
         result = cache.cached(
@@ -53,12 +65,19 @@ if handle is not None:
         st.warning("No weight matrix of this model could be analysed; see the skipped list below.")
     else:
         s = result.summary
-        m = st.columns(5)
-        m[0].metric("Layers analysed", s["num_layers"])
-        m[1].metric("Mean alpha", f"{s['mean']['alpha']:.3f}")
-        m[2].metric("Over-trained (alpha < 2)", s["num_over_trained"])
-        m[3].metric("Under-trained (alpha > 6)", s["num_under_trained"])
-        m[4].metric("Trustworthy tails", f"{s['num_pl_trusted']} of {s['num_layers']}")
+        trusted = f"{s['num_pl_trusted']} of {s['num_layers']} trusted"
+        mean_alpha = s["mean"].get("alpha")
+        m = st.columns(4)
+        m[0].metric("Trusted power laws", trusted)
+        m[1].metric("Mean alpha (trusted)", "none trusted" if mean_alpha is None else f"{mean_alpha:.3f}")
+        m[2].metric("Over-trained (alpha < 2, trusted)", s["num_over_trained"])
+        m[3].metric("Under-trained (alpha > 6, trusted)", s["num_under_trained"])
+        all_alpha = s["mean_all"].get("alpha")
+        st.caption(
+            "Phases: " + ", ".join(f"{n} {p}" for p, n in s["phases"].items())
+            + f". Trust rule: {s['trust_rule']}. Mean alpha over every row, trusted or not: "
+            + ("none" if all_alpha is None else f"{all_alpha:.3f}") + "."
+        )
 
         f = st.columns(2)
         blocks = f[0].multiselect("Blocks", sorted(frame["block"].unique(), key=str), key="spectra_blocks")
@@ -76,10 +95,12 @@ if handle is not None:
         if chosen:
             row = shown.set_index("name").loc[chosen]
             if not row["pl_trust"]:
-                st.warning(f"{chosen}: {row['pl_verdict']}. Its alpha describes noise, not a heavy tail; do not read it as a training signal.")
+                st.warning(f"{chosen}: {row['pl_verdict']}. Do not read its alpha as a training signal.")
             st.plotly_chart(charts.layer_esd(result, chosen), key="spectra_esd")
 
-        st.dataframe(shown, hide_index=True, key="spectra_table")
+        st.dataframe(shown, hide_index=True, key="spectra_table", column_config={
+            col: st.column_config.Column(help=text) for col, text in spectra.COLUMN_HELP.items() if col in shown.columns
+        })
     if result.skipped:
         with st.expander(f"{len(result.skipped)} tensors not analysed, with the reason"):
             st.dataframe(result.tables()["skipped"], hide_index=True)

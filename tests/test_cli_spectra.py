@@ -41,9 +41,37 @@ def _ckpt(tmp_path, w):
 def test_fail_on_alpha_exits_1(tmp_path, capsys):
     torch.manual_seed(0)
     path = _ckpt(tmp_path, torch.randn(300, 100))
-    assert cli.main(["spectra", "--model", path, "--out", str(tmp_path / "o"), "--fail-on", "alpha>0"]) == 1
+    out = str(tmp_path / "o")
+    assert cli.main(["spectra", "--model", path, "--out", out, "--fail-on", "alpha>0", "--fail-on-all"]) == 1
     assert "layers.0.fc1.weight: alpha=" in capsys.readouterr().err
-    assert cli.main(["spectra", "--model", path, "--out", str(tmp_path / "o"), "--fail-on", "alpha<0"]) == 0
+    assert cli.main(["spectra", "--model", path, "--out", out, "--fail-on", "alpha<0", "--fail-on-all"]) == 0
+
+
+def test_fail_on_looks_at_trusted_fits_unless_fail_on_all(tmp_path, capsys):
+    # A Gaussian layer is random-like: its alpha is not trusted, so "alpha>0" matches nothing by
+    # default, and matches with --fail-on-all; a heavy-tailed layer is matched either way.
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(300, 100, generator=g)
+    heavy = torch.distributions.StudentT(1.5).sample((1000, 400))
+    path = tmp_path / "m.safetensors"
+    save_file({"layers.0.fc1.weight": noise}, path)
+    out = str(tmp_path / "o")
+    assert cli.main(["spectra", "--model", str(path), "--out", out, "--fail-on", "alpha>0"]) == 0
+    assert cli.main(["spectra", "--model", str(path), "--out", out, "--fail-on", "alpha>0", "--fail-on-all"]) == 1
+    save_file({"layers.0.fc1.weight": noise, "layers.1.fc1.weight": heavy}, path)
+    capsys.readouterr()
+    assert cli.main(["spectra", "--model", str(path), "--out", out, "--fail-on", "alpha>0"]) == 1
+    err = capsys.readouterr().err
+    assert "1 check(s) failed" in err and "layers.1.fc1.weight: alpha=" in err and "layers.0.fc1.weight: alpha" not in err
+
+
+def test_gof_writes_p_values(tmp_path):
+    torch.manual_seed(0)
+    path = _ckpt(tmp_path, torch.distributions.StudentT(1.5).sample((600, 200)))
+    assert cli.main(["spectra", "--model", path, "--out", str(tmp_path / "o"), "--gof", "--n-boot", "50"]) == 0
+    (row,) = list(csv.DictReader((tmp_path / "o" / "layers.csv").open()))
+    assert 0 <= float(row["pl_pvalue"]) <= 1 and row["alpha_ci_method"] == "bootstrap"
+    assert float(row["alpha_ci_low"]) < float(row["alpha"]) < float(row["alpha_ci_high"])
 
 
 def test_unknown_layer_exits_2(tmp_path, capsys):

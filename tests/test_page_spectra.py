@@ -21,12 +21,18 @@ def test_spectra_page_on_the_default_builtin():
     at = spectra_page().run()
     assert not at.exception, at.exception
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Layers analysed"] == "39"
     table = at.dataframe[0].value
     assert len(table) == 39
-    for column in ("alpha", "xmin", "D", "sigma", "num_pl_spikes", "alpha_weighted", "stable_rank", "entropy"):
+    for column in ("alpha", "xmin", "D", "sigma", "num_pl_spikes", "alpha_weighted", "stable_rank", "entropy",
+                   "phase", "pl_trust", "alpha_ci_low", "alpha_ci_high", "mp_edge", "lr_lognormal_R"):
         assert column in table.columns
-    assert float(metrics["Mean alpha"]) == round(table["alpha"].mean(), 3)
+    trusted = table[table["pl_trust"]]
+    assert 0 < len(trusted) < 39  # MiniLM has random-like and bulk+spikes layers too (the pooler, ...)
+    assert metrics["Trusted power laws"] == f"{len(trusted)} of 39 trusted"
+    # The headline mean is over trusted fits only, and says so; the mean over every row is beside it.
+    assert float(metrics["Mean alpha (trusted)"]) == round(trusted["alpha"].mean(), 3)
+    caption = " ".join(c.value for c in at.caption)
+    assert f"{table['alpha'].mean():.3f}" in caption and "Trust rule:" in caption
     assert len(at.get("plotly_chart")) == 4  # alpha per layer, alpha vs norm, per block, ESD
 
 
@@ -53,7 +59,16 @@ def test_random_layer_is_flagged_as_untrustworthy(tmp_path):
     at.sidebar.file_uploader(key="upload_ckpt").set_value(("random.safetensors", path.read_bytes(), "application/octet-stream"))
     at.run()
     assert not at.exception, at.exception
-    assert any("no heavy tail" in w.value for w in at.warning), [w.value for w in at.warning]
+    assert any("random-like" in w.value for w in at.warning), [w.value for w in at.warning]
+
+
+def test_goodness_of_fit_option_adds_the_p_value():
+    at = spectra_page(spectra_gof=True, spectra_n_boot=20, spectra_kinds=["attention-q"]).run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert table["pl_pvalue"].between(0, 1).all()
+    assert set(table["alpha_ci_method"]) == {"bootstrap"}
+    assert "p-value >= 0.1" in " ".join(c.value for c in at.caption)
 
 
 def test_adding_spectra_to_the_report():
