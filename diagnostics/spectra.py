@@ -676,26 +676,24 @@ def _subsample(values: np.ndarray, cap: int) -> tuple[list[float], bool]:
     return values[idx].tolist(), True
 
 
-def classify_phase(evals: np.ndarray, fit: PowerLawFit, mp: dict) -> tuple[str, float]:
-    """The layer's phase in Martin & Mahoney's taxonomy (JMLR 2021, Table 1) and the share of the
-    fitted tail past the MP edge. First match wins:
+# The phase rule, first match wins: (phase, Martin & Mahoney's phases it stands for (JMLR 2021,
+# Table 1), the rule). The page shows this table.
+PHASE_RULES = (
+    ("too-small", "-", "fewer than min_evals eigenvalues, or fewer than 2 above EVALS_THRESH: no power-law fit"),
+    ("random-like", "Random-like", "no eigenvalue past the MP edge (the MP law fitted to the bulk, plus 4 "
+                                   "Tracy-Widom scales): the whole ESD is an MP bulk"),
+    ("bulk+spikes", "Bleeding-out, Bulk+Spikes",
+     f"eigenvalues past the edge, but less than {TAIL_MAJORITY:.0%} of the fitted tail lies past it (the power "
+     f"law is fitted to the MP bulk), or the bulk is MP-like (KS distance to the fitted MP law within "
+     f"0.5/sqrt(n) + 1/n) with at most {SPIKE_SHARE:.0%} of the eigenvalues past the edge"),
+    ("very-heavy-tailed", "Very Heavy-Tailed", "the fitted tail lies past the bulk and alpha < 2"),
+    ("heavy-tailed", "Heavy-Tailed (alpha > 6: Bulk-Decay)", "the fitted tail lies past the bulk and alpha >= 2"),
+)
 
-    ==================  ===================================================================
-    too-small           no power-law fit (fewer than 2 eigenvalues above EVALS_THRESH)
-    random-like         no eigenvalue past the MP edge (:func:`fit_mp_bulk`): the ESD is an MP
-                        bulk, "Random-like"
-    bulk+spikes         eigenvalues past the edge, but fewer than half of the fitted tail lies
-                        past it (the power law is fitted to the MP bulk, "Bleeding-out" and
-                        "Bulk+Spikes"), or the bulk is MP-like (``mp_bulk_ks`` within
-                        :func:`mp_bulk_tolerance`) and at most ``SPIKE_SHARE`` of the
-                        eigenvalues lie past the edge
-    very-heavy-tailed   the tail lies past the bulk and alpha < 2 ("Very Heavy-Tailed")
-    heavy-tailed        the tail lies past the bulk and alpha >= 2 ("Heavy-Tailed"; alpha above
-                        6 is the paper's weakly heavy-tailed "Bulk-Decay" end, flagged by the
-                        verdict)
-    ==================  ===================================================================
-    ("Rank-collapse" shows as ``rank_loss``.)
-    """
+
+def classify_phase(evals: np.ndarray, fit: PowerLawFit, mp: dict) -> tuple[str, float]:
+    """The layer's phase (see ``PHASE_RULES``; "Rank-collapse" shows as ``rank_loss``) and the
+    share of the fitted tail past the MP edge of ``mp`` (:func:`fit_mp_bulk`)."""
     if not fit.ok:
         return "too-small", math.nan
     ev = np.asarray(evals, dtype=np.float64)

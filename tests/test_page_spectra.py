@@ -34,6 +34,9 @@ def test_spectra_page_on_the_default_builtin():
     caption = " ".join(c.value for c in at.caption)
     assert f"{table['alpha'].mean():.3f}" in caption and "Trust rule:" in caption
     assert len(at.get("plotly_chart")) == 4  # alpha per layer, alpha vs norm, per block, ESD
+    rules = " ".join(m.value for m in at.markdown)
+    for phase in ("random-like", "bulk+spikes", "heavy-tailed", "very-heavy-tailed", "too-small"):
+        assert f"| {phase} |" in rules
 
 
 def test_filters_and_layer_choice_drive_the_table_and_esd():
