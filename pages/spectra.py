@@ -75,7 +75,7 @@ if handle is not None:
         st.warning("No weight matrix of this model could be analysed; see the skipped list below.")
     else:
         s = result.summary
-        trusted = f"{s['num_pl_trusted']} of {s['num_layers']} trusted"
+        trusted = f"{s['num_pl_trusted']} of {s['num_layers']}"
         mean_alpha = s["mean"].get("alpha")
         m = st.columns(4)
         m[0].metric("Trusted power laws", trusted)

@@ -28,7 +28,7 @@ def test_spectra_page_on_the_default_builtin():
         assert column in table.columns
     trusted = table[table["pl_trust"]]
     assert 0 < len(trusted) < 39  # MiniLM has random-like and bulk+spikes layers too (the pooler, ...)
-    assert metrics["Trusted power laws"] == f"{len(trusted)} of 39 trusted"
+    assert metrics["Trusted power laws"] == f"{len(trusted)} of 39"
     # The headline mean is over trusted fits only, and says so; the mean over every row is beside it.
     assert float(metrics["Mean alpha (trusted)"]) == round(trusted["alpha"].mean(), 3)
     caption = " ".join(c.value for c in at.caption)
