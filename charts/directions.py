@@ -1,4 +1,4 @@
-"""Charts for latent directions: spectrum, SeFa against SVD, projector error, heatmaps, traversals."""
+"""Charts for latent directions: spectrum, eigengaps, the two SeFa variants, projector error, heatmaps, traversals."""
 
 from __future__ import annotations
 
@@ -20,26 +20,73 @@ def _title(result: DirectionsResult) -> str:
 def spectrum(result: DirectionsResult) -> go.Figure:
     s = np.asarray(result.singular_values, dtype=float)
     idx = np.arange(1, len(s) + 1)
-    fig = go.Figure(go.Scatter(x=idx, y=s, mode="lines+markers", marker_size=3, line_color=_BLUE, name="singular value"))
+    fig = go.Figure(go.Scatter(x=idx, y=s, mode="lines+markers", marker_size=3, line_color=_BLUE, name="singular value of A"))
     fig.add_vline(x=result.k + 0.5, line_dash="dash", line_color="#888",
                   annotation_text=f"k = {result.k}", annotation_position="top right")
     fig.update_layout(
-        title=f"Singular spectrum of {_title(result)}<br><sup>rank {result.rank} · effective rank "
+        title=f"Singular values of A (raw), {_title(result)}<br><sup>rank {result.rank} · effective rank "
               f"{result.effective_rank:.1f} · stable rank {result.stable_rank:.1f}</sup>",
-        xaxis_title="index", yaxis_title="singular value", yaxis_type="log", showlegend=False,
+        xaxis_title="index", yaxis_title="singular value of A (raw)", yaxis_type="log", showlegend=False,
     )
     return fig
 
 
-def sefa_vs_svd(result: DirectionsResult) -> go.Figure:
-    cos = np.asarray(result.sefa_vs_svd, dtype=float)
-    labels = [str(i + 1) for i in range(result.k)]
-    variant = "normalised" if result.params.get("normalize") else "unnormalised"
-    fig = go.Figure(go.Heatmap(z=cos, x=labels, y=labels, zmin=0, zmax=1, colorscale="Blues",
-                               colorbar_title="|cos|", hovertemplate="SeFa %{y} · SVD %{x}: %{z:.4f}<extra></extra>"))
+def _unresolved_note(result: DirectionsResult) -> str:
+    deg = result.degeneracy
+    parts = [f"{label} {', '.join(map(str, result.variants[label]['unresolved']))}"
+             for label in ("raw", "rownorm") if result.variants[label]["unresolved"]]
+    return f"unresolved (eigengap <= {deg['threshold']:.3g}): {'; '.join(parts)}" if parts else "every direction resolved"
+
+
+def eigengaps(result: DirectionsResult) -> go.Figure:
+    """Relative gap to the next eigenvalue per direction, for A^T A and for the row-normalised matrix."""
+    idx = [str(i) for i in range(1, result.k + 1)]
+    fig = go.Figure()
+    for label, name, color in (("raw", "A^T A (raw, the paper's closed form)", _BLUE),
+                               ("rownorm", "R^T R, R = A with unit rows (genforce)", _ORANGE)):
+        gaps = np.asarray(result.variants[label]["eigengaps"], dtype=float)
+        resolved = result.variants[label]["resolved"]
+        fig.add_trace(go.Bar(
+            x=idx, y=gaps, name=name, marker_color=color,
+            marker_pattern_shape=["" if ok else "/" for ok in resolved],
+            customdata=["resolved" if ok else "unresolved" for ok in resolved],
+            hovertemplate=f"{label} %{{x}}: gap %{{y:.3g}} (%{{customdata}})<extra></extra>",
+        ))
+    deg = result.degeneracy
+    fig.add_hline(y=deg["threshold"], line_dash="dash", line_color="#888",
+                  annotation_text=f"sqrt(2/n) = {deg['threshold']:.3g}, n = {deg['samples']} rows")
     fig.update_layout(
-        title=f"SeFa ({variant}) against SVD directions<br><sup>subspace overlap {result.subspace_overlap:.4f}</sup>",
-        xaxis_title="right singular vector", yaxis_title="SeFa direction", yaxis_autorange="reversed",
+        title=f"Relative eigengap (l_i - l_(i+1)) / l_i<br><sup>{_unresolved_note(result)} · hatched: unresolved</sup>",
+        xaxis_title="direction", yaxis_title="relative gap to the next eigenvalue", barmode="group",
+        xaxis_type="category", legend=dict(orientation="h", y=-0.25),
+    )
+    return fig
+
+
+def subspace(result: DirectionsResult) -> go.Figure:
+    """Cosines of the principal angles between the rownorm and raw top-k subspaces."""
+    cos = np.asarray(result.principal_cosines, dtype=float)
+    degrees = np.degrees(np.arccos(np.clip(cos, 0.0, 1.0)))
+    fig = go.Figure(go.Bar(x=[str(i) for i in range(1, len(cos) + 1)], y=cos, marker_color=_GREEN, customdata=degrees,
+                           hovertemplate="angle %{x}: cos %{y:.4f} (%{customdata:.2f} degrees)<extra></extra>"))
+    fig.update_layout(
+        title=f"Top-{result.k} subspaces, rownorm against raw: overlap {result.subspace_overlap:.4f}"
+              f"<br><sup>cosines of the principal angles; overlap = mean squared cosine</sup>",
+        xaxis_title="principal angle", yaxis_title="cos", yaxis_range=[0, 1.02], xaxis_type="category",
+    )
+    return fig
+
+
+def rownorm_vs_raw(result: DirectionsResult) -> go.Figure:
+    cos = np.asarray(result.rownorm_vs_raw, dtype=float)
+    labels = [str(i + 1) for i in range(result.k)]
+    fig = go.Figure(go.Heatmap(z=cos, x=labels, y=labels, zmin=0, zmax=1, colorscale="Blues", colorbar_title="|cos|",
+                               hovertemplate="rownorm %{y} · raw %{x}: %{z:.4f}<extra></extra>"))
+    caveat = ("near-degenerate: single directions are not determined, read the subspace overlap"
+              if result.degeneracy["near_degenerate"] else "every direction resolved in both")
+    fig.update_layout(
+        title=f"Directions: rownorm (genforce) against raw (A^T A)<br><sup>{caveat}</sup>",
+        xaxis_title="raw direction (eigenvector of A^T A)", yaxis_title="rownorm direction", yaxis_autorange="reversed",
         xaxis_type="category", yaxis_type="category",
     )
     return fig
@@ -88,16 +135,18 @@ def _heatmap(z, title: str, colorbar: str, symmetric: bool, tickformat: str = ".
 
 
 def orthogonality(result: DirectionsResult) -> go.Figure:
-    worst = float(np.abs(np.asarray(result.orthogonality)).max())
+    worst = float(np.abs(np.asarray(result.gram_minus_identity)).max())
     # Entries are rounding-level; SI prefixes would label them "1f" (femto).
-    return _heatmap(result.orthogonality, f"Orthogonality V^T V - I (max |entry| {worst:.2g})", "entry", True, ".0e")
+    return _heatmap(result.gram_minus_identity, f"Orthogonality N^T N - I, {result.chosen} directions "
+                    f"(max |entry| {worst:.2g})", "entry", True, ".0e")
 
 
 def crosstalk(result: DirectionsResult) -> go.Figure:
     cos = np.asarray(result.crosstalk_cos, dtype=float)
     off = cos[~np.eye(len(cos), dtype=bool)]
     worst = float(np.abs(off).max()) if off.size else 0.0
-    return _heatmap(cos, f"Output cross-talk cos(A v_i, A v_j) (max off-diagonal {worst:.3f})", "cos", True)
+    return _heatmap(cos, f"Output cross-talk cos(A n_i, A n_j), {result.chosen} directions (max off-diagonal "
+                    f"{worst:.3f})", "cos", True)
 
 
 def traversal(result: DirectionsResult) -> go.Figure | None:
@@ -126,8 +175,14 @@ def traversal(result: DirectionsResult) -> go.Figure | None:
     return fig
 
 
+def comparison(result: DirectionsResult) -> list[go.Figure]:
+    """The two variants compared, the headline first: subspaces when the spectrum is near-degenerate."""
+    pair = [subspace(result), rownorm_vs_raw(result)]
+    return pair if result.degeneracy["headline"] == "subspace_overlap" else pair[::-1]
+
+
 def figures(result: DirectionsResult) -> list[go.Figure]:
-    figs = [spectrum(result), sefa_vs_svd(result), projector_error(result), fit_progress(result),
+    figs = [spectrum(result), eigengaps(result), *comparison(result), projector_error(result), fit_progress(result),
             orthogonality(result), crosstalk(result)]
     walk = traversal(result)
     return figs + ([walk] if walk is not None else [])

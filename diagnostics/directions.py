@@ -5,12 +5,27 @@ same input width can be stacked row-wise, ``A = [A_1; A_2; ...]``, so that
 ``A^T A = sum_i A_i^T A_i``: SeFa does this for the style projections of all StyleGAN layers that
 read the same latent code.
 
-SeFa (Shen & Zhou, "Closed-Form Factorization of Latent Semantics in GANs", CVPR 2021). The unit
-input directions ``n`` that move the output most, ``argmax ||A n||_2``, are the top eigenvectors of
-``A^T A``. Without normalisation they are the right singular vectors of ``A`` (eigenvalues
-``s_i^2``). SeFa's reference code first scales every output unit's weight vector to unit length
-(it stores the projection as ``(in, out)``, so those are its columns; here they are the rows of
-``A``): ``A_hat = diag(1 / ||a_r||) A``, whose eigenvectors differ from the SVD's.
+SeFa (Shen & Zhou, "Closed-Form Factorization of Latent Semantics in GANs", CVPR 2021). The paper's
+closed form: the unit input directions ``n`` that move the output most, ``argmax ||A n||_2``, are the
+top eigenvectors of ``A^T A``, i.e. the right singular vectors of ``A`` (eigenvalues ``s_i^2``). This
+is the view Orthoscope leads with ("raw"). The genforce/sefa reference code instead first scales every
+output unit's weight vector to unit length (it stores the projection as ``(in, out)``, so those are
+its columns; here they are the rows of ``A``): ``A_rownorm = diag(1 / ||a_r||) A``, whose eigenvectors
+differ from the SVD's whenever the rows have unequal lengths. Both are always computed; ``normalize``
+only picks which one is read out and traversed. Every table column names the matrix it describes.
+
+Eigengaps and near-degenerate spectra. Direction ``i`` of ``M^T M`` carries the relative gap to the
+next eigenvalue, ``g_i = (l_i - l_{i+1}) / l_i`` (``l_{i+1} = 0`` past the last eigenvalue). An
+eigenvector is only determined up to rotation within a cluster of (nearly) equal eigenvalues: with
+``n`` rows read as ``n`` samples of the input space's second moment, North, Bell, Cahalan & Moeng
+("Sampling errors in the estimation of empirical orthogonal functions", Mon. Wea. Rev. 1982) put the
+sampling error of ``l_i`` at ``l_i sqrt(2 / n)``, and neighbouring eigenvectors mix when the gap is
+within it. So ``l_i`` and ``l_{i+1}`` count as degenerate when ``g_i <= sqrt(2 / n)``, and direction
+``i`` is resolved when its gaps to both neighbours exceed that. When any of the top ``k`` directions
+of either variant is unresolved, matching single directions between the variants compares arbitrary
+bases of a cluster, so the headline becomes the overlap of the two top-``k`` subspaces: the cosines
+of their principal angles ``sigma(N_rownorm^T V_k)`` (Bjorck & Golub 1973) and their mean square
+``||N_rownorm^T V_k||_F^2 / k``. That overlap itself needs the boundary gap ``g_k`` resolved.
 
 Householder Projector (Song, Zhang, Sebe & Wang, "Householder Projector for Unsupervised Latent
 Semantics Discovery", ICCV 2023). The projection is replaced by ``P = c H(U) H(V)^T``: ``H(.)`` is a
@@ -71,7 +86,8 @@ ENCODER_PROBES = (
 )
 DEFAULTS = {
     "k": 10,
-    "normalize": True,
+    # The paper's closed form (eigenvectors of A^T A) leads; genforce's row normalisation is the variant.
+    "normalize": False,
     "seed": 0,
     "fit_iters": 60,
     # In units of the mean input norm at the layer: 0.1 is already felt (MiniLM's middle MLP moves a
@@ -85,9 +101,14 @@ DEFAULTS = {
 MAX_GEN_TOKENS = 64
 # Kinds whose output is added to the residual stream: their readout vector is W v, not v.
 _WRITER_KINDS = {"attention-out", "mlp-down"}
+VARIANTS = ("raw", "rownorm")
+VARIANT_MATRICES = {"raw": "A", "rownorm": "diag(1/||a_r||) A"}
 DIRECTION_COLUMNS = (
-    "index", "eigenvalue", "explained", "singular_value", "cos_to_svd", "svd_match", "svd_match_cos",
-    "top_tokens", "bottom_tokens", "top_sentences",
+    "index",
+    "eig_AtA_raw", "sv_raw", "explained_raw", "eigengap_raw", "resolved_raw",
+    "eig_AtA_rownorm", "explained_rownorm", "eigengap_rownorm", "resolved_rownorm",
+    "cos_rownorm_raw", "best_raw_match", "best_raw_match_cos",
+    "readout_of", "top_tokens", "bottom_tokens", "top_sentences",
 )
 
 
@@ -103,13 +124,16 @@ class DirectionsResult(Result):
     effective_rank: float
     stable_rank: float
     directions: list  # one dict per direction: the columns of directions.csv
-    sefa_vs_svd: list  # k x k |cos| between SeFa directions (rows) and right singular vectors (columns)
-    subspace_overlap: float  # ||N^T V_k||_F^2 / k: 1 when both span the same k-dimensional subspace
-    variants: dict  # "normalized" and "plain" SeFa: eigenvalues, cos_to_svd, subspace_overlap
+    chosen: str  # "raw" or "rownorm": whose directions the readout, traversal, Gram and cross-talk use
+    variants: dict  # "raw" and "rownorm": eigenvalues of M^T M, eigengaps, which directions are resolved
+    rownorm_vs_raw: list  # k x k |cos| between rownorm directions (rows) and raw directions (columns)
+    principal_cosines: list  # cosines of the k principal angles between the two top-k subspaces, descending
+    subspace_overlap: float  # ||N_rownorm^T V_k||_F^2 / k: 1 when both span the same k-dimensional subspace
+    degeneracy: dict  # the near-degeneracy rule, its verdict and which headline follows from it
     householder: dict
     projector: list  # [{k, equal_sv_error, equal_sv_relative, eckart_young_error, eckart_young_relative}]
     fit: dict
-    orthogonality: list  # k x k, N^T N - I
+    gram_minus_identity: list  # k x k, N^T N - I of the chosen directions
     crosstalk: list  # k x k, (A n_i)^T (A n_j)
     crosstalk_cos: list  # the same as cosines
     readout: dict
@@ -129,6 +153,26 @@ class DirectionsResult(Result):
         if self.traversal.get("rows"):
             tables["directions_traversal"] = pd.DataFrame(self.traversal["rows"])
         return tables
+
+
+def headline(result: DirectionsResult) -> str:
+    """One line comparing the two SeFa variants, led by what the spectrum allows (module doc)."""
+    deg, k = result.degeneracy, result.k
+    noise = f"sqrt(2/n) = {deg['threshold']:.3g} with n = {deg['samples']} rows, North et al. 1982"
+    if deg["headline"] == "per_direction":
+        worst = min(row["cos_rownorm_raw"] for row in result.directions)
+        return (f"SeFa: all {k} directions resolved (relative eigengaps > {noise}); |cos| rownorm vs raw per direction "
+                f">= {worst:.4f}; top-{k} subspace overlap {result.subspace_overlap:.4f}")
+    parts = [f"{label} {', '.join(map(str, result.variants[label]['unresolved']))}"
+             for label in VARIANTS if result.variants[label]["unresolved"]]
+    line = (f"SeFa: near-degenerate spectrum, so the headline is the top-{k} subspace overlap rownorm vs raw, "
+            f"{result.subspace_overlap:.4f} (unresolved directions: {'; '.join(parts)}; relative eigengap <= {noise})")
+    loose = [label for label in VARIANTS if not result.variants[label]["boundary_resolved"]]
+    if loose:
+        better = deg["nearest_resolved_k"]
+        line += (f"; the gap after direction {k} is unresolved too ({', '.join(loose)}), so the top-{k} subspace is "
+                 "itself not well defined" + (f": k = {better} is the nearest with a resolved boundary" if better else ""))
+    return line
 
 
 class Unavailable(Exception):
@@ -244,22 +288,63 @@ def normalize_rows(A: torch.Tensor) -> torch.Tensor:
     return A / torch.where(norms > 0, norms, 1.0)
 
 
-def sefa(A: torch.Tensor, k: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top ``k`` eigenpairs of ``M^T M`` with ``M = A_hat`` (normalised) or ``A``, descending.
+def gram_eigenpairs(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenpairs of ``M^T M`` that can be nonzero, eigenvalues descending and clamped at 0.
 
     A wide ``M`` goes through its SVD (squared singular values, right singular vectors: the same
     eigenpairs without the ``in x in`` Gram matrix, 1536 x 1536 for an MLP down-projection); a tall
     one through ``eigh`` of the small Gram matrix (576 x 576 for a 49152-token embedding table).
     """
-    M = normalize_rows(A) if normalize else A
     if M.shape[0] >= M.shape[1]:
         evals, evecs = torch.linalg.eigh(M.T @ M)
-        order = torch.argsort(evals, descending=True)[:k]
-        values, chosen = evals[order], evecs[:, order]
+        order = torch.argsort(evals, descending=True)
+        values, vectors = evals[order].clamp(min=0), evecs[:, order]
     else:
         _, sv, Vh = torch.linalg.svd(M, full_matrices=False)
-        values, chosen = sv[:k] ** 2, Vh[:k].T
-    return values, chosen * column_signs(chosen)
+        values, vectors = sv**2, Vh.T
+    return values, vectors * column_signs(vectors)
+
+
+def sefa(A: torch.Tensor, k: int, normalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top ``k`` eigenpairs of ``M^T M``, descending: ``M = A`` (the paper's closed form) or, with
+    ``normalize``, ``M = diag(1 / ||a_r||) A`` (the genforce code's normalisation)."""
+    values, vectors = gram_eigenpairs(normalize_rows(A) if normalize else A)
+    return values[:k], vectors[:, :k]
+
+
+def relative_eigengaps(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``(l_i - l_{i+1}) / l_i`` for every eigenvalue, descending; the last one's next is 0.
+
+    Eigenvalues that ``gram_eigenpairs`` leaves out are 0, so "0 past the last" is exact for a wide
+    matrix and for the final direction of a tall one there is nothing left to mix with.
+    """
+    lam = np.asarray(values, dtype=np.float64)
+    following = np.append(lam[1:], 0.0)
+    return np.where(lam > 0, (lam - following) / np.where(lam > 0, lam, 1.0), 0.0)
+
+
+def north_threshold(samples: int) -> float:
+    """Relative eigengap below which neighbours mix: North et al.'s ``sqrt(2 / n)`` (module doc)."""
+    return math.sqrt(2.0 / samples)
+
+
+def resolved_directions(gaps: np.ndarray, k: int, threshold: float) -> list[bool]:
+    """Direction ``i`` (of the top ``k``) is resolved when its gaps to both neighbours exceed ``threshold``."""
+    above = np.asarray(gaps[:k]) > threshold
+    return [bool(above[i] and (i == 0 or above[i - 1])) for i in range(k)]
+
+
+def principal_cosines(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Cosines of the principal angles between the spans of two orthonormal bases, descending."""
+    return torch.linalg.svdvals(X.T @ Y).clamp(max=1.0)
+
+
+def nearest_resolved_k(gaps: list[np.ndarray], k: int, limit: int, threshold: float) -> int | None:
+    """The ``k'`` closest to ``k`` (the smaller on a tie) whose boundary gap ``g_k'`` exceeds
+    ``threshold`` in every spectrum, so that the top-``k'`` subspaces are well defined."""
+    limit = min([limit] + [len(g) for g in gaps])
+    ok = [j for j in range(1, limit + 1) if all(g[j - 1] > threshold for g in gaps)]
+    return min(ok, key=lambda j: (abs(j - k), j)) if ok else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -714,18 +799,37 @@ def _run(handle: ModelHandle, params: dict | None, progress: Progress | None) ->
             f"k={k} is larger than the rank of {' + '.join(m.name for m in mats)} ({rank}, shape "
             f"{A.shape[0]} x {A.shape[1]}); choose k <= {rank}."
         )
-    variants = {}
-    for label, normalize in (("normalized", True), ("plain", False)):
-        values, vectors = sefa(A, k, normalize)
-        overlap = (vectors.T @ V[:, :k]).abs()
+    # The raw variant is the SVD itself: eigenpairs of A^T A without squaring A's condition number.
+    matrices = {"raw": A, "rownorm": normalize_rows(A)}
+    spectra = {"raw": s**2}
+    bases = {"raw": V}
+    spectra["rownorm"], bases["rownorm"] = gram_eigenpairs(matrices["rownorm"])
+    threshold = north_threshold(A.shape[0])
+    variants, gaps = {}, {}
+    for label in VARIANTS:
+        lam = spectra[label]
+        gaps[label] = relative_eigengaps(lam)
+        resolved = resolved_directions(gaps[label], k, threshold)
+        trace = float(torch.linalg.matrix_norm(matrices[label]) ** 2)
         variants[label] = {
-            "eigenvalues": values.tolist(), "cos_to_svd": overlap.diagonal().tolist(),
-            "subspace_overlap": float((overlap**2).sum() / k),
+            "matrix": VARIANT_MATRICES[label], "eigenvalues": lam[:k].tolist(),
+            "next_eigenvalue": float(lam[k]) if k < len(lam) else 0.0, "trace": trace,
+            "explained": (lam[:k] / trace).tolist(), "eigengaps": gaps[label][:k].tolist(), "resolved": resolved,
+            "unresolved": [i + 1 for i, ok in enumerate(resolved) if not ok],
+            "boundary_resolved": bool(gaps[label][k - 1] > threshold),
         }
-        if normalize == p["normalize"]:
-            eigenvalues, N = values, vectors
-    cos = (N.T @ V).abs()  # k x r
-    trace = float(torch.linalg.matrix_norm(normalize_rows(A) if p["normalize"] else A) ** 2)
+    N_raw, N_rownorm = V[:, :k], bases["rownorm"][:, :k]
+    N = N_rownorm if p["normalize"] else N_raw
+    cos = (N_rownorm.T @ V).abs()  # k x r
+    angles = principal_cosines(N_rownorm, N_raw)
+    near = any(variants[label]["unresolved"] for label in VARIANTS)
+    degeneracy = {
+        "rule": "l_i and l_{i+1} are degenerate when (l_i - l_{i+1}) / l_i <= sqrt(2 / n), n = rows of A "
+                "(North et al. 1982); a direction is resolved when both of its gaps exceed that",
+        "samples": int(A.shape[0]), "threshold": threshold, "near_degenerate": near,
+        "headline": "subspace_overlap" if near else "per_direction",
+        "nearest_resolved_k": nearest_resolved_k([gaps[label] for label in VARIANTS], k, rank, threshold),
+    }
     lap("svd")
 
     report(0.15, "Householder factorisation")
@@ -750,7 +854,8 @@ def _run(handle: ModelHandle, params: dict | None, progress: Progress | None) ->
         "error": fitted["error"], "bound": bound, "relative_gap": (fitted["error"] - bound) / bound if bound else 0.0,
         "c": fitted["c"], "mean_top_k": best / k,
         "captured": [t / best for t in fitted["traces"]],  # tr(U^T A V) / (s_1 + ... + s_k) per evaluation
-        "orthogonality": max(_orthogonality_max(fitted["U"]), _orthogonality_max(fitted["V"])),
+        "max_abs_gram_minus_identity": max(_max_abs_gram_minus_identity(fitted["U"]),
+                                           _max_abs_gram_minus_identity(fitted["V"])),
         "subspace_overlap": float(torch.linalg.matrix_norm(fitted["V"].T @ V[:, :k]) ** 2 / k),
     }
     lap("fit")
@@ -758,12 +863,19 @@ def _run(handle: ModelHandle, params: dict | None, progress: Progress | None) ->
     AN = A @ N
     crosstalk = AN.T @ AN
     d = torch.sqrt(torch.clamp(crosstalk.diagonal(), min=1e-300))
+    chosen = "rownorm" if p["normalize"] else "raw"
     directions = [
         {
-            "index": i + 1, "eigenvalue": float(eigenvalues[i]), "explained": float(eigenvalues[i]) / trace,
-            "singular_value": float(s[i]), "cos_to_svd": float(cos[i, i]),
-            "svd_match": int(cos[i].argmax()) + 1, "svd_match_cos": float(cos[i].max()),
-            "top_tokens": "", "bottom_tokens": "", "top_sentences": "",
+            "index": i + 1,
+            "eig_AtA_raw": variants["raw"]["eigenvalues"][i], "sv_raw": float(s[i]),
+            "explained_raw": variants["raw"]["explained"][i], "eigengap_raw": variants["raw"]["eigengaps"][i],
+            "resolved_raw": variants["raw"]["resolved"][i],
+            "eig_AtA_rownorm": variants["rownorm"]["eigenvalues"][i],
+            "explained_rownorm": variants["rownorm"]["explained"][i],
+            "eigengap_rownorm": variants["rownorm"]["eigengaps"][i], "resolved_rownorm": variants["rownorm"]["resolved"][i],
+            "cos_rownorm_raw": float(cos[i, i]),
+            "best_raw_match": int(cos[i].argmax()) + 1, "best_raw_match_cos": float(cos[i].max()),
+            "readout_of": chosen, "top_tokens": "", "bottom_tokens": "", "top_sentences": "",
         }
         for i in range(k)
     ]
@@ -789,16 +901,17 @@ def _run(handle: ModelHandle, params: dict | None, progress: Progress | None) ->
             for m in mats
         ],
         shape=list(A.shape), k=k, singular_values=s.tolist(), rank=rank,
-        effective_rank=effective_rank(s), stable_rank=stable_rank(s), directions=directions,
-        sefa_vs_svd=cos[:, :k].tolist(), subspace_overlap=float((cos[:, :k] ** 2).sum() / k), variants=variants,
+        effective_rank=effective_rank(s), stable_rank=stable_rank(s), directions=directions, chosen=chosen,
+        variants=variants, rownorm_vs_raw=cos[:, :k].tolist(), principal_cosines=angles.tolist(),
+        subspace_overlap=float((angles**2).sum() / k), degeneracy=degeneracy,
         householder=householder, projector=projector, fit=fit,
-        orthogonality=(N.T @ N - torch.eye(k, dtype=N.dtype)).tolist(),
+        gram_minus_identity=(N.T @ N - torch.eye(k, dtype=N.dtype)).tolist(),
         crosstalk=crosstalk.tolist(), crosstalk_cos=(crosstalk / torch.outer(d, d)).tolist(),
         readout=readout, traversal=traversal,
     )
 
 
-def _orthogonality_max(Q: torch.Tensor) -> float:
+def _max_abs_gram_minus_identity(Q: torch.Tensor) -> float:
     return float((Q.T @ Q - torch.eye(Q.shape[1], dtype=Q.dtype)).abs().max())
 
 

@@ -13,11 +13,29 @@ ui.sidebar()
 st.title("Latent directions")
 st.caption(
     "SeFa (Shen & Zhou, CVPR 2021) takes the top eigenvectors of A^T A as the input directions that "
-    "move a projection's output most; the Householder Projector (Song et al., ICCV 2023) replaces A by "
-    "an orthogonal low-rank matrix with equal singular values, built from Householder reflections. "
-    "Pick a weight matrix, see how far it is from such a projector, what its directions read out as, "
-    "and what adding alpha times a direction at the layer's input does to the model."
+    "move a projection's output most: the paper's closed form, shown first. The genforce code normalises "
+    "A's rows first; that variant is shown beside it. The Householder Projector (Song et al., ICCV 2023) "
+    "replaces A by an orthogonal low-rank matrix with equal singular values, built from Householder "
+    "reflections. Pick a weight matrix, see how far it is from such a projector, what its directions read "
+    "out as, and what adding alpha times a direction at the layer's input does to the model."
 )
+
+# Which matrix each table column describes; shown as the column's tooltip.
+COLUMN_HELP = {
+    "eig_AtA_raw": "eigenvalue i of A^T A (raw A: the paper's closed form)",
+    "sv_raw": "singular value i of A (raw); its square is eig_AtA_raw",
+    "explained_raw": "eig_AtA_raw / trace(A^T A)",
+    "eigengap_raw": "relative gap to the next eigenvalue of A^T A, (l_i - l_(i+1)) / l_i",
+    "resolved_raw": "both gaps of this eigenvalue of A^T A exceed sqrt(2/n) (North et al. 1982)",
+    "eig_AtA_rownorm": "eigenvalue i of R^T R, R = diag(1/||a_r||) A (rows of A scaled to unit length: genforce)",
+    "explained_rownorm": "eig_AtA_rownorm / trace(R^T R)",
+    "eigengap_rownorm": "relative gap to the next eigenvalue of R^T R",
+    "resolved_rownorm": "both gaps of this eigenvalue of R^T R exceed sqrt(2/n)",
+    "cos_rownorm_raw": "|cos| between direction i of R^T R and direction i of A^T A",
+    "best_raw_match": "the eigenvector of A^T A closest to direction i of R^T R",
+    "best_raw_match_cos": "its |cos|",
+    "readout_of": "whose directions the readout columns describe: raw (A^T A) or rownorm (R^T R)",
+}
 
 
 def _keep(key: str, allowed: list) -> None:
@@ -75,8 +93,10 @@ if handle is not None:
         o = st.columns(4)
         defaults = directions.DEFAULTS
         normalize = o[0].checkbox(
-            "SeFa normalisation", value=defaults["normalize"], key="directions_normalize",
-            help="scale every output unit's weight vector to unit length first, as SeFa's code does",
+            "Read out the genforce variant", value=defaults["normalize"], key="directions_normalize",
+            help="read out and traverse the eigenvectors of diag(1/||a_r||) A (every output unit scaled to unit "
+                 "length, as the genforce code does) instead of A^T A's (the paper's closed form). Both variants "
+                 "are computed and tabled either way.",
         )
         seed = int(o[1].number_input("seed (projector fit)", min_value=0, value=defaults["seed"], step=1,
                                      key="directions_seed"))
@@ -126,22 +146,61 @@ if handle is not None:
         st.stop()
     bar.empty()
 
-    m = st.columns(5)
+    m = st.columns(4)
     m[0].metric("Shape (out x in)", f"{result.shape[0]} x {result.shape[1]}")
     m[1].metric("Rank", result.rank)
     m[2].metric("Effective rank", f"{result.effective_rank:.1f}")
     m[3].metric("Stable rank", f"{result.stable_rank:.1f}")
-    m[4].metric("SeFa / SVD subspace overlap", f"{result.subspace_overlap:.4f}")
-    other = "plain" if result.params["normalize"] else "normalized"
     st.caption(
         "Matrices: " + ", ".join(f"`{x['name']}` ({x['kind']})" for x in result.matrices)
-        + f" · {other} SeFa's subspace overlap with the SVD: {result.variants[other]['subspace_overlap']:.4f}"
         + f" · computed in {result.timings['total_s']:.1f} s"
     )
 
+    st.subheader("SeFa: the closed form (A^T A) and the genforce variant")
+    deg = result.degeneracy
+    worst = min(row["cos_rownorm_raw"] for row in result.directions)
+    h = st.columns(3)
+    overlap = ("Subspace overlap, rownorm vs raw", f"{result.subspace_overlap:.4f}",
+               f"||N_rownorm^T V_k||_F^2 / k over the top {result.k} directions: 1 when both span the same subspace")
+    per_direction = ("Smallest per-direction |cos|, rownorm vs raw", f"{worst:.4f}",
+                     "min over i of |cos| between direction i of the two variants")
+    first, second = (overlap, per_direction) if deg["headline"] == "subspace_overlap" else (per_direction, overlap)
+    h[0].metric(first[0], first[1], help=first[2])
+    h[1].metric(second[0], second[1], help=second[2])
+    h[2].metric("Eigengap threshold sqrt(2/n)", f"{deg['threshold']:.3g}",
+                help=f"n = {deg['samples']} rows of A; relative eigengaps at or below it count as degenerate")
+    if deg["near_degenerate"]:
+        st.warning(directions.headline(result) + ". Per-direction matches compare arbitrary bases of a cluster of "
+                   "equal eigenvalues, so read the subspace overlap.")
+    else:
+        st.caption(directions.headline(result) + ".")
     left, right = st.columns(2)
     left.plotly_chart(charts.spectrum(result), key="directions_spectrum")
-    right.plotly_chart(charts.sefa_vs_svd(result), key="directions_sefa")
+    right.plotly_chart(charts.eigengaps(result), key="directions_eigengaps")
+    pair = {"subspace": charts.subspace, "pairs": charts.rownorm_vs_raw}
+    order = ("subspace", "pairs") if deg["headline"] == "subspace_overlap" else ("pairs", "subspace")
+    for column, name in zip(st.columns(2), order):
+        column.plotly_chart(pair[name](result), key=f"directions_{name}")
+    with st.expander("How this is computed"):
+        st.markdown(
+            "- **raw** (the paper's closed form): the directions are the top eigenvectors of A^T A, which are the "
+            "right singular vectors of A; the eigenvalues are the squared singular values (`eig_AtA_raw = sv_raw^2`).\n"
+            "- **rownorm** (the genforce code): every row of A (one output unit's weights; the code's columns, as it "
+            "stores the weight transposed) is scaled to unit length, R = diag(1/||a_r||) A, and the directions are "
+            "the top eigenvectors of R^T R. Its eigenvalues are on another scale; `explained_*` divides each "
+            "variant by its own trace.\n"
+            "- **Eigengap**: `(l_i - l_(i+1)) / l_i`, counting the eigenvalue after the last as 0. Reading the n rows of A as "
+            "n samples, an eigenvalue's sampling error is about l_i sqrt(2/n) (North, Bell, Cahalan & Moeng 1982), "
+            "and neighbours whose gap is within it mix. A direction is *resolved* when both of its gaps exceed "
+            "sqrt(2/n).\n"
+            "- **Headline**: when every top-k direction of both variants is resolved, directions are compared one "
+            "by one (|cos| of direction i in each). Otherwise the headline is the **subspace overlap**: the "
+            "cosines of the principal angles between the two top-k subspaces and their mean square, which does "
+            "not depend on how a cluster of equal eigenvalues happens to be split into vectors. It needs the gap "
+            "after direction k resolved; if it is not, the nearest k that has one is named.\n"
+            f"- Readout, traversal, orthogonality and cross-talk below use the **{result.chosen}** directions "
+            "(the option *Read out the genforce variant* switches them)."
+        )
 
     st.subheader("Householder projector")
     h, f = result.householder, result.fit
@@ -158,24 +217,26 @@ if handle is not None:
     left.plotly_chart(charts.projector_error(result), key="directions_projector")
     right.plotly_chart(charts.fit_progress(result), key="directions_fit")
 
-    st.subheader("Orthogonality and cross-talk")
+    st.subheader(f"Orthogonality and cross-talk ({result.chosen} directions)")
     left, right = st.columns(2)
     left.plotly_chart(charts.orthogonality(result), key="directions_orthogonality")
     right.plotly_chart(charts.crosstalk(result), key="directions_crosstalk")
 
-    st.subheader("Readout")
+    st.subheader(f"Directions and readout ({result.chosen} directions read out)")
     frame = result.to_frame()
+    plain = {"best_raw_match", "readout_of", "resolved_raw", "resolved_rownorm"}
+    column_config = {
+        c: st.column_config.Column(help=text) if c in plain else st.column_config.NumberColumn(format="%.4g", help=text)
+        for c, text in COLUMN_HELP.items()
+    }
     if result.readout["available"]:
-        st.caption(f"{result.readout['method']}: {result.readout['vector']}.")
+        st.caption(f"{result.readout['method']} of the {result.chosen} directions: {result.readout['vector']}.")
         hide = ["top_sentences"] if result.kind == "causal-lm" else ["top_tokens", "bottom_tokens"]
-        st.dataframe(frame.drop(columns=hide), hide_index=True, key="directions_table", column_config={
-            c: st.column_config.NumberColumn(format="%.4g")
-            for c in ("eigenvalue", "explained", "singular_value", "cos_to_svd", "svd_match_cos")
-        })
+        st.dataframe(frame.drop(columns=hide), hide_index=True, key="directions_table", column_config=column_config)
     else:
         st.info(f"No readout: {result.readout['reason']}")
         st.dataframe(frame.drop(columns=["top_tokens", "bottom_tokens", "top_sentences"]), hide_index=True,
-                     key="directions_table")
+                     key="directions_table", column_config=column_config)
 
     st.subheader("Traversal")
     walk = result.traversal

@@ -1,4 +1,5 @@
-"""Latent directions: SeFa, Householder factorisation, projector bound, hooks, traversal, bad input.
+"""Latent directions: SeFa (closed form and genforce variant), eigengaps and near-degenerate spectra,
+Householder factorisation, projector bound, hooks, traversal, bad input.
 
 Planted truths and closed forms on synthetic matrices, SeFa's reference recipe in numpy, and tiny
 random transformers for the hooks. The real runs on the built-ins are in test_page_directions.py
@@ -14,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from scipy.linalg import hadamard, subspace_angles
 from scipy.optimize import minimize_scalar
 from scipy.stats import ortho_group
 
 import models
+from charts import directions as charts
 from diagnostics import directions as d
 from models import OrthoscopeError
 from tests.conftest import TINY_LLAMA
@@ -29,6 +32,18 @@ def planted(m: int, n: int, s: np.ndarray, seed: int = 0) -> tuple[torch.Tensor,
     U = ortho_group.rvs(m, random_state=seed)[:, :r]
     V = ortho_group.rvs(n, random_state=seed + 1)[:, :r]
     return torch.from_numpy((U * s) @ V.T), U, V
+
+
+def equal_row_norm_file(path, s: np.ndarray, rows: int = 32, cols: int = 16, seed: int = 1):
+    """A = U diag(s) V^T saved in float64, U from a Hadamard matrix so every row of A has the same norm.
+
+    Then diag(1/||a_r||) A = A / sqrt(sum s^2 / rows): the genforce variant has the raw directions and
+    eigenvalues s^2 rows / sum s^2, a closed form for both variants at once.
+    """
+    U = hadamard(rows)[:, :len(s)] / np.sqrt(rows)
+    V = ortho_group.rvs(cols, random_state=seed)[:, :len(s)]
+    save_file({"layers.0.fc1.weight": torch.from_numpy((U * s) @ V.T)}, path)
+    return models.load(str(path)), V
 
 
 def reflections_product(n: int, count: int, seed: int) -> torch.Tensor:
@@ -72,6 +87,27 @@ def test_sefa_with_normalisation_matches_the_reference_recipe(m, n):
     # With rows of such different lengths, normalising changes the directions.
     _, plain = d.sefa(torch.from_numpy(A), 5, normalize=False)
     assert np.abs(np.sum(N.numpy() * plain.numpy(), axis=0)).min() < 0.99
+
+
+def test_relative_eigengaps_and_resolution_by_hand():
+    gaps = d.relative_eigengaps(np.array([10.0, 10.0, 4.0, 1.0]))
+    np.testing.assert_allclose(gaps, [0.0, 0.6, 0.75, 1.0])  # the last one's next eigenvalue is 0
+    # Direction 1 and 2 share an eigenvalue: neither is resolved; 3 and 4 are separated on both sides.
+    assert d.resolved_directions(gaps, 4, 0.5) == [False, False, True, True]
+    assert d.resolved_directions(gaps, 4, 0.7) == [False, False, False, True]
+    assert d.north_threshold(200) == pytest.approx(0.1)
+    # Nearest k whose boundary gap exceeds the threshold in every spectrum; ties go to the smaller k.
+    other = np.array([0.9, 0.1, 0.9, 0.9])
+    assert d.nearest_resolved_k([gaps, other], 2, 4, 0.5) == 3
+    assert d.nearest_resolved_k([gaps, np.array([0.1, 0.1, 0.1, 0.1])], 2, 4, 0.5) is None
+
+
+def test_principal_cosines_match_scipy():
+    rng = np.random.default_rng(4)
+    X = np.linalg.qr(rng.standard_normal((20, 5)))[0]
+    Y = np.linalg.qr(X @ rng.standard_normal((5, 5)) + 0.3 * rng.standard_normal((20, 5)))[0]
+    ours = d.principal_cosines(torch.from_numpy(X), torch.from_numpy(Y)).numpy()
+    np.testing.assert_allclose(ours, np.sort(np.cos(subspace_angles(X, Y)))[::-1], atol=1e-12)
 
 
 def test_ranks_against_closed_forms():
@@ -271,9 +307,10 @@ def test_run_on_a_tiny_language_model(tiny_llama):
     assert all(len(row["top_tokens"].split(" | ")) == 5 for row in result.directions)
     frame = result.to_frame()
     assert list(frame["index"]) == [1, 2, 3, 4]
-    assert frame["eigenvalue"].is_monotonic_decreasing
+    assert frame["eig_AtA_raw"].is_monotonic_decreasing and frame["eig_AtA_rownorm"].is_monotonic_decreasing
+    assert set(frame["readout_of"]) == {"raw"}  # the default reads out the paper's closed form
     assert result.householder["rebuild_error_full"] < 1e-12 and result.householder["rebuild_error_k"] < 1e-12
-    assert np.abs(np.asarray(result.orthogonality)).max() < 1e-12
+    assert np.abs(np.asarray(result.gram_minus_identity)).max() < 1e-12
     # The report round trip keeps every field.
     back = d.DirectionsResult.from_dict(json.loads(json.dumps(result.to_dict())))
     assert back.to_dict() == result.to_dict()
@@ -305,20 +342,134 @@ def test_state_dict_run_covers_the_weights_and_says_why_there_is_no_traversal(st
     result = d.run(state_dict_file, {"matrices": ["layers.0.fc2.weight"], "k": 4, "fit_iters": 20})
     assert not result.readout["available"] and "not 'state-dict' models" in result.readout["reason"]
     assert not result.traversal["available"]
-    # Normalised SeFa directions are orthonormal but their outputs are not: cross-talk appears.
+    # The default is the closed form: right singular vectors, whose outputs are orthogonal.
+    assert result.chosen == "raw" and result.params["normalize"] is False
     off = np.asarray(result.crosstalk_cos)[~np.eye(4, dtype=bool)]
-    assert np.abs(np.asarray(result.orthogonality)).max() < 1e-12 and np.abs(off).max() > 1e-3
-    plain = d.run(state_dict_file, {"matrices": ["layers.0.fc2.weight"], "k": 4, "normalize": False, "fit_iters": 0})
-    off = np.asarray(plain.crosstalk_cos)[~np.eye(4, dtype=bool)]
-    assert np.abs(off).max() < 1e-10  # right singular vectors have orthogonal outputs
-    assert [r["cos_to_svd"] for r in plain.directions] == pytest.approx([1.0] * 4, abs=1e-10)
-    assert plain.subspace_overlap == pytest.approx(1.0, abs=1e-10)
-    # Both variants are kept whichever one was chosen, and agree between the two runs.
-    for variant in ("normalized", "plain"):
-        for key, value in plain.variants[variant].items():
-            assert value == pytest.approx(result.variants[variant][key], abs=1e-10)
-    assert plain.variants["plain"]["cos_to_svd"] == pytest.approx([1.0] * 4, abs=1e-10)
-    assert result.variants["normalized"]["eigenvalues"] == pytest.approx([r["eigenvalue"] for r in result.directions])
+    assert np.abs(np.asarray(result.gram_minus_identity)).max() < 1e-12 and np.abs(off).max() < 1e-10
+    # The genforce directions are orthonormal too, but their outputs are not: cross-talk appears.
+    normed = d.run(state_dict_file, {"matrices": ["layers.0.fc2.weight"], "k": 4, "normalize": True, "fit_iters": 0})
+    assert normed.chosen == "rownorm" and {r["readout_of"] for r in normed.directions} == {"rownorm"}
+    off = np.asarray(normed.crosstalk_cos)[~np.eye(4, dtype=bool)]
+    assert np.abs(np.asarray(normed.gram_minus_identity)).max() < 1e-12 and np.abs(off).max() > 1e-3
+    # Both variants are kept whichever one is read out, and agree between the two runs.
+    for variant in d.VARIANTS:
+        for key, value in result.variants[variant].items():
+            assert normed.variants[variant][key] == (pytest.approx(value, abs=1e-10) if key != "matrix" else value)
+    assert normed.to_frame().drop(columns="readout_of").equals(result.to_frame().drop(columns="readout_of"))
+
+
+def test_both_variants_against_numpy(state_dict_file):
+    """Rows of very different lengths: each column against an independent numpy computation."""
+    result = d.run(state_dict_file, {"matrices": ["layers.0.fc2.weight"], "k": 5, "fit_iters": 0})
+    (weight,) = state_dict_file.iter_matrices(names={"layers.0.fc2.weight"})
+    A = weight.tensor.double().numpy()
+    R = A / np.linalg.norm(A, axis=1, keepdims=True)
+    frame = result.to_frame()
+    for name, M in (("raw", A), ("rownorm", R)):
+        lam, vecs = np.linalg.eigh(M.T @ M)
+        lam, vecs = lam[::-1], vecs[:, ::-1]
+        np.testing.assert_allclose(frame[f"eig_AtA_{name}"], lam[:5], rtol=1e-10)
+        np.testing.assert_allclose(frame[f"explained_{name}"], lam[:5] / np.trace(M.T @ M), rtol=1e-10)
+        np.testing.assert_allclose(frame[f"eigengap_{name}"], (lam[:5] - lam[1:6]) / lam[:5], rtol=1e-8, atol=1e-12)
+        threshold = math.sqrt(2 / A.shape[0])
+        gap = (lam[:5] - lam[1:6]) / lam[:5] > threshold
+        assert list(frame[f"resolved_{name}"]) == [bool(gap[i] and (i == 0 or gap[i - 1])) for i in range(5)]
+        if name == "raw":
+            np.testing.assert_allclose(frame["sv_raw"], np.linalg.svd(A, compute_uv=False)[:5], rtol=1e-12)
+            raw = vecs[:, :5]
+        else:
+            rownorm = vecs[:, :5]
+    cos = np.abs(rownorm.T @ np.linalg.svd(A, full_matrices=False)[2].T)
+    np.testing.assert_allclose(np.asarray(result.rownorm_vs_raw), cos[:, :5], atol=1e-8)
+    np.testing.assert_allclose(frame["cos_rownorm_raw"], np.diag(cos), atol=1e-8)
+    assert list(frame["best_raw_match"]) == list(cos.argmax(axis=1) + 1)
+    expected = np.sort(np.cos(subspace_angles(rownorm, raw)))[::-1]
+    np.testing.assert_allclose(result.principal_cosines, expected, atol=1e-8)
+    assert result.subspace_overlap == pytest.approx(np.linalg.norm(rownorm.T @ raw) ** 2 / 5, abs=1e-10)
+    # Uneven rows move the genforce directions away from the closed form.
+    assert result.subspace_overlap < 0.99
+
+
+def test_planted_singular_values_come_back_and_resolved_spectra_lead_per_direction(tmp_path):
+    s = np.array([9.0, 7.0, 5.0, 3.0, 2.0, 1.0])
+    handle, V = equal_row_norm_file(tmp_path / "p.safetensors", s)
+    for normalize in (False, True):
+        result = d.run(handle, {"matrices": ["layers.0.fc1.weight"], "k": 3, "normalize": normalize, "fit_iters": 0})
+        frame = result.to_frame()
+        np.testing.assert_allclose(frame["sv_raw"], s[:3], rtol=1e-13)
+        np.testing.assert_allclose(frame["eig_AtA_raw"], s[:3] ** 2, rtol=1e-13)
+        np.testing.assert_allclose(frame["eig_AtA_rownorm"], s[:3] ** 2 * 32 / np.sum(s**2), rtol=1e-12)
+        np.testing.assert_allclose(frame["eigengap_raw"], (s[:3] ** 2 - s[1:4] ** 2) / s[:3] ** 2, rtol=1e-12)
+        np.testing.assert_allclose(frame["eigengap_rownorm"], frame["eigengap_raw"], rtol=1e-10)
+        np.testing.assert_allclose(frame["cos_rownorm_raw"], 1.0, atol=1e-10)
+        # Relative gaps 0.40, 0.49, 0.64 against sqrt(2/32) = 0.25: every direction stands alone.
+        assert result.degeneracy["threshold"] == pytest.approx(0.25)
+        assert frame["resolved_raw"].all() and frame["resolved_rownorm"].all()
+        assert not result.degeneracy["near_degenerate"] and result.degeneracy["headline"] == "per_direction"
+        assert result.degeneracy["nearest_resolved_k"] == 3
+        assert "all 3 directions resolved" in d.headline(result)
+        chosen = d.sefa(d.stacked(d.load_matrices(handle, ["layers.0.fc1.weight"])), 3, normalize)[1]
+        np.testing.assert_allclose(np.abs(np.sum(chosen.numpy() * V[:, :3], axis=0)), 1.0, atol=1e-10)
+        assert [f.layout.title.text.split("<br>")[0] for f in charts.comparison(result)] == [
+            "Directions: rownorm (genforce) against raw (A^T A)", "Top-3 subspaces, rownorm against raw: overlap 1.0000"]
+
+
+@pytest.mark.parametrize("s, k, unresolved, boundary, nearest", [
+    # Three equal singular values: no single direction is defined, their 3-dimensional span is.
+    ([6.0, 6.0, 6.0, 3.0, 1.0], 3, [1, 2, 3], True, 3),
+    # Cutting through the cluster leaves even the top-k subspace undefined; k = 3 closes it.
+    ([6.0, 6.0, 6.0, 3.0, 1.0], 2, [1, 2], False, 3),
+    # Not equal, but 34.81 vs 36 is a relative gap of 0.033, within sqrt(2/32) = 0.25.
+    ([6.0, 5.9, 3.0, 1.0], 3, [1, 2], True, 3),
+])
+def test_near_degenerate_spectra_lead_with_the_subspace_overlap(tmp_path, s, k, unresolved, boundary, nearest):
+    s = np.asarray(s)
+    handle, V = equal_row_norm_file(tmp_path / "p.safetensors", s)
+    result = d.run(handle, {"matrices": ["layers.0.fc1.weight"], "k": k, "fit_iters": 0})
+    lam = s**2
+    expected_gaps = (lam - np.append(lam[1:], 0.0)) / lam
+    for variant in d.VARIANTS:
+        np.testing.assert_allclose(result.variants[variant]["eigengaps"], expected_gaps[:k], atol=1e-12)
+        assert result.variants[variant]["unresolved"] == unresolved
+        assert result.variants[variant]["boundary_resolved"] is boundary
+    assert result.degeneracy["near_degenerate"] and result.degeneracy["headline"] == "subspace_overlap"
+    assert result.degeneracy["nearest_resolved_k"] == nearest
+    text = d.headline(result)
+    assert text.startswith(f"SeFa: near-degenerate spectrum, so the headline is the top-{k} subspace overlap")
+    assert ("not well defined: k = 3 is the nearest" in text) is (not boundary)
+    # The raw top-k subspace is the planted one whenever its boundary is resolved, however the cluster
+    # is split into vectors; equal row norms make the genforce subspace the same.
+    N = d.sefa(d.stacked(d.load_matrices(handle, ["layers.0.fc1.weight"])), k, False)[1].numpy()
+    if boundary:
+        np.testing.assert_allclose(N @ N.T, V[:, :k] @ V[:, :k].T, atol=1e-10)
+        assert result.subspace_overlap == pytest.approx(1.0, abs=1e-10)
+        np.testing.assert_allclose(result.principal_cosines, 1.0, atol=1e-10)
+    else:
+        # An arbitrary plane inside the planted 3-dimensional cluster: only its home is determined.
+        V3 = V[:, :3]
+        assert np.abs(N - V3 @ (V3.T @ N)).max() < 1e-10
+    titles = [f.layout.title.text.split("<br>")[0] for f in charts.figures(result)]
+    assert titles[2].startswith(f"Top-{k} subspaces") and titles[3].startswith("Directions: rownorm")
+
+
+def test_a_degenerate_genforce_spectrum_alone_switches_the_headline(tmp_path):
+    # R has unit rows and a planted triple eigenvalue; A = D R scales its rows unequally, so
+    # diag(1/||a_r||) A is exactly R while A^T A = R^T D^2 R spreads the cluster apart.
+    s = np.array([6.0, 6.0, 6.0, 3.0, 1.0])
+    R = (hadamard(32)[:, :5] / np.sqrt(32) * s) @ ortho_group.rvs(16, random_state=1)[:, :5].T
+    R /= np.linalg.norm(R, axis=1, keepdims=True)
+    A = np.geomspace(0.1, 10, 32)[:, None] * R
+    save_file({"layers.0.fc1.weight": torch.from_numpy(A)}, tmp_path / "scaled.safetensors")
+    result = d.run(models.load(str(tmp_path / "scaled.safetensors")), {"matrices": ["layers.0.fc1.weight"], "k": 3,
+                                                                       "fit_iters": 0})
+    np.testing.assert_allclose(result.variants["rownorm"]["eigenvalues"], s[:3] ** 2 * 32 / np.sum(s**2), rtol=1e-12)
+    lam = np.linalg.eigvalsh(A.T @ A)[::-1]
+    raw_gaps = (lam[:3] - lam[1:4]) / lam[:3]
+    np.testing.assert_allclose(result.variants["raw"]["eigengaps"], raw_gaps, rtol=1e-8)
+    assert raw_gaps.min() > 0.25  # sqrt(2/32): the closed form alone would be compared direction by direction
+    assert result.variants["raw"]["unresolved"] == [] and result.variants["rownorm"]["unresolved"] == [1, 2, 3]
+    assert result.degeneracy["near_degenerate"] and result.degeneracy["headline"] == "subspace_overlap"
+    assert "(unresolved directions: rownorm 1, 2, 3;" in d.headline(result)
 
 
 def test_stacking_concatenates_rows_as_sefa_does(state_dict_file):

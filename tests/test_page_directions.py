@@ -1,4 +1,4 @@
-"""AppTest for the Latent directions page: the real MiniLM run, recomputing, bad input."""
+"""AppTest for the Latent directions page: the real MiniLM run, what it leads with, recomputing, bad input."""
 
 import base64
 import json
@@ -6,10 +6,11 @@ import json
 import numpy as np
 import torch
 from safetensors.torch import save_file
+from scipy.linalg import hadamard
 from streamlit.testing.v1 import AppTest
 
 import reports
-from diagnostics.directions import DEFAULTS, DirectionsResult
+from diagnostics.directions import DEFAULTS, DIRECTION_COLUMNS, DirectionsResult, headline
 from tests.apptest import APP, errors, open_page
 
 PAGE = "pages/directions.py"
@@ -31,6 +32,10 @@ def infos(at) -> list[str]:
     return [i.value for i in at.info]
 
 
+def metric_labels(at) -> list[str]:
+    return [m.label for m in at.metric]
+
+
 def test_minilm_page_shows_every_section_computed_from_the_result():
     at = page()
     assert not at.exception, at.exception
@@ -49,13 +54,32 @@ def test_minilm_page_shows_every_section_computed_from_the_result():
     assert metrics["Closed-form distance, k = 10"] == f"{result.fit['bound']:.4g}"
     assert float(metrics["Rebuild error, full rank"]) < 1e-12
 
+    # The closed form leads: raw A^T A is the default, and the genforce variant is the option.
+    assert DEFAULTS["normalize"] is False and at.checkbox(key="directions_normalize").value is False
+    assert result.chosen == "raw"
+    labels = metric_labels(at)
+    overlap, pairs = labels.index("Subspace overlap, rownorm vs raw"), labels.index("Smallest per-direction |cos|, rownorm vs raw")
+    subspace_first = result.degeneracy["headline"] == "subspace_overlap"
+    assert (overlap < pairs) is subspace_first
+    assert {m.label: m.value for m in at.metric}["Subspace overlap, rownorm vs raw"] == f"{result.subspace_overlap:.4f}"
+    shown = [w.value for w in at.warning] if result.degeneracy["near_degenerate"] else [c.value for c in at.caption]
+    assert any(text.startswith(headline(result)) for text in shown)
+    how = " ".join(m.value for m in at.markdown)
+    assert "North, Bell, Cahalan & Moeng 1982" in how and "R = diag(1/||a_r||) A" in how
+
     charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert len(charts) == 7  # spectrum, SeFa/SVD, projector, fit, orthogonality, cross-talk, traversal
+    assert len(charts) == 9  # spectrum, eigengaps, subspace and pairs, projector, fit, orthogonality, cross-talk, traversal
     assert np.array_equal(values(charts[0]["data"][0]["y"]), result.singular_values)
-    assert np.array_equal(values(charts[1]["data"][0]["z"]), result.sefa_vs_svd)
+    assert np.array_equal(values(charts[1]["data"][0]["y"]), result.variants["raw"]["eigengaps"])
+    assert np.array_equal(values(charts[1]["data"][1]["y"]), result.variants["rownorm"]["eigengaps"])
+    subspace, pairs = (charts[2], charts[3]) if subspace_first else (charts[3], charts[2])
+    assert np.array_equal(values(subspace["data"][0]["y"]), result.principal_cosines)
+    assert np.array_equal(values(pairs["data"][0]["z"]), result.rownorm_vs_raw)
 
     readout, samples = at.dataframe[0].value, at.dataframe[1].value
+    assert list(readout.columns) == [c for c in DIRECTION_COLUMNS if c not in {"top_tokens", "bottom_tokens"}]
     assert list(readout["index"]) == list(range(1, 11))
+    assert set(readout["readout_of"]) == {"raw"}
     assert readout["top_sentences"].str.count(r" \| ").eq(2).all()  # three sentences per direction
     assert list(samples["alpha"]) == result.params["alphas"]
     assert samples.loc[samples["alpha"] == 0, "shift"].iloc[0] == 0.0
@@ -70,7 +94,7 @@ def test_minilm_page_shows_every_section_computed_from_the_result():
     viewer.run()
     assert not viewer.exception and not errors(viewer)
     shown = [json.loads(c.proto.spec) for c in viewer.get("plotly_chart")]
-    assert len(shown) == 7
+    assert len(shown) == 9
     assert np.array_equal(values(shown[0]["data"][0]["y"]), result.singular_values)
 
 
@@ -96,8 +120,9 @@ def test_changed_settings_wait_for_compute_and_the_matrix_picker_cascades():
 
 def test_uploaded_state_dict_errors_for_k_above_the_rank_and_explains_the_missing_traversal(tmp_path):
     path = tmp_path / "low-rank.safetensors"
-    low_rank = torch.randn(16, 2) @ torch.randn(2, 24)
-    save_file({"layers.0.fc1.weight": low_rank, "layers.0.fc1.bias": torch.zeros(16)}, path)
+    # A planted double singular value (5, 5) in rank 2: no single direction is determined.
+    low_rank = torch.from_numpy(hadamard(16)[:, :2] / 4 * 5.0) @ torch.linalg.qr(torch.randn(24, 2, dtype=torch.float64))[0].T
+    save_file({"layers.0.fc1.weight": low_rank.float(), "layers.0.fc1.bias": torch.zeros(16)}, path)
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["model_source"] = "Upload"
     at.switch_page(PAGE)
@@ -110,5 +135,11 @@ def test_uploaded_state_dict_errors_for_k_above_the_rank_and_explains_the_missin
     at.number_input(key="directions_k").set_value(2).run()
     at.button(key="directions_compute").click().run()
     assert not errors(at)
-    assert {m.label: m.value for m in at.metric}["Rank"] == "2"
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Rank"] == "2"
+    # Both variants span A's row space at k = rank, so the headline overlap is exactly 1.
+    labels = metric_labels(at)
+    assert labels.index("Subspace overlap, rownorm vs raw") < labels.index("Smallest per-direction |cos|, rownorm vs raw")
+    assert metrics["Subspace overlap, rownorm vs raw"] == "1.0000"
+    assert any("near-degenerate spectrum" in w.value and "raw 1, 2" in w.value for w in at.warning)
     assert any("No traversal: readout and traversal cover language models and text encoders" in i for i in infos(at))
