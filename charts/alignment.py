@@ -25,20 +25,42 @@ def _detail_rows(result: AlignmentResult) -> pd.DataFrame:
     return frame[(frame["map"] == "none") | (frame["n_anchors"] == n)]
 
 
+def _bar_errors(row: pd.Series, scores: list[str]) -> dict:
+    """Asymmetric error bars from the ``_lo``/``_hi`` columns; none where a score has no interval."""
+    up, down = [], []
+    for s in scores:
+        lo, hi, value = row.get(f"{s}_lo"), row.get(f"{s}_hi"), row[s]
+        known = pd.notna(lo) and pd.notna(hi) and pd.notna(value)
+        up.append(max(float(hi) - float(value), 0.0) if known else 0.0)
+        down.append(max(float(value) - float(lo), 0.0) if known else 0.0)
+    return {"type": "data", "symmetric": False, "array": up, "arrayminus": down, "visible": any(up) or any(down)}
+
+
 def before_after(result: AlignmentResult) -> go.Figure:
-    """Held-out scores with no map and with each map, at the largest anchor count."""
+    """Held-out scores with no map and with each map at the largest anchor count, one panel per
+    split (headline split first), bars at the 95% interval over draws."""
     frame = _detail_rows(result)
+    splits = list(dict.fromkeys(frame["split"]))
     scores = [s for s in SCORES if frame[s].notna().any()]
     colours = _colour(list(frame["map"]))
-    fig = go.Figure()
-    for _, row in frame.iterrows():
-        fig.add_bar(name=row["map"], x=[SCORES[s] for s in scores], y=[row[s] for s in scores],
-                    marker_color="#BBBBBB" if row["map"] == "none" else colours[row["map"]],
-                    hovertext=MAP_TITLES.get(row["map"], row["map"]))
+    fig = make_subplots(rows=1, cols=len(splits), subplot_titles=splits, shared_yaxes=True)
+    for col, split in enumerate(splits, 1):
+        for _, row in frame[frame["split"] == split].iterrows():
+            fig.add_bar(name=row["map"], x=[SCORES[s] for s in scores], y=[row[s] for s in scores],
+                        marker_color="#BBBBBB" if row["map"] == "none" else colours[row["map"]],
+                        hovertext=MAP_TITLES.get(row["map"], row["map"]), error_y=_bar_errors(row, scores),
+                        legendgroup=row["map"], showlegend=col == 1, row=1, col=col)
+    draws = frame["draws"].dropna()
+    if len(draws) and draws.max() > 1:
+        over = f"mean over {int(draws.max())} draws, bars at the 95% interval of the mean"
+    else:
+        over = "one draw, bars at the 95% interval over its queries"
     fig.update_layout(
-        barmode="group", title=f"Held-out scores before (none) and after each map, {result.detail_anchors()} anchors",
-        yaxis_title="score", yaxis_range=[min(0, float(frame[scores].min().min())), 1.02], legend_title="map",
+        barmode="group", legend_title="map",
+        title=f"Held-out scores before (none) and after each map, {result.detail_anchors()} anchors ({over})",
     )
+    fig.update_yaxes(range=[min(0, float(frame[scores].min().min())), 1.02])
+    fig.update_yaxes(title_text="score", row=1, col=1)
     return fig
 
 
@@ -75,10 +97,15 @@ def anchor_budget(result: AlignmentResult, maps: list[str] | None = None, strate
 
 
 def tradeoff(result: AlignmentResult, score: str = "top1_ab") -> go.Figure:
-    """Orthogonality error against held-out retrieval along the relaxed and penalised families."""
+    """Orthogonality error against held-out retrieval along the relaxed and penalised families.
+
+    Each point is one penalty weight. For the penalised family its x value is also the threshold
+    of lambda-Orthogonality Regularization that the weight enforces (diagnostics.alignment).
+    """
     frame = pd.DataFrame(result.tradeoff)
     if frame.empty:
-        return _empty("The lambda trade-off (curves were not computed)")
+        return _empty("The orthogonality trade-off (curves were not computed)")
+    weights = frame["weight"] if "weight" in frame else frame.get("lambda")
     fig = go.Figure()
     colours = {"relaxed": PALETTE[2], "penalised": PALETTE[3]}
     floor = 1e-6  # an exactly orthogonal map has error ~1e-14: shown at this floor on the log axis
@@ -86,17 +113,23 @@ def tradeoff(result: AlignmentResult, score: str = "top1_ab") -> go.Figure:
         g = frame[frame["family"] == family]
         fig.add_scatter(
             x=g["orth_error"].clip(lower=floor), y=g[score], mode="lines+markers", name=family,
-            line={"color": colours[family]}, customdata=g["lambda"],
-            hovertemplate=f"{family}, lambda %{{customdata:.3g}}<br>||W^T W - I|| %{{x:.3g}}<br>%{{y:.3f}}<extra></extra>",
+            line={"color": colours[family]}, customdata=weights[g.index],
+            hovertemplate=f"{family}, penalty weight %{{customdata:.3g}}<br>||W^T W - I|| %{{x:.3g}}<br>%{{y:.3f}}"
+                          "<extra></extra>",
         )
     for family, symbol in (("procrustes", "diamond"), ("lstsq", "square")):
         g = frame[frame["family"] == family]
         fig.add_scatter(x=g["orth_error"].clip(lower=floor), y=g[score], mode="markers", name=family,
                         marker={"symbol": symbol, "size": 12, "color": "#333333" if family == "procrustes" else "#999999"})
+    where = ""
+    if "split" in frame:
+        first = frame.iloc[0]
+        where = f"{first['split']}, {int(first['n_anchors'])} anchors, draw 0"
     fig.update_layout(
-        title=f"The lambda trade-off: orthogonality error against {SCORES.get(score, score)} "
-              f"({result.detail_anchors()} anchors; errors below {floor:g} drawn at {floor:g})",
-        xaxis_type="log", xaxis_title="||W^T W - I||_F", yaxis_title=SCORES.get(score, score), legend_title="family",
+        title=f"The orthogonality trade-off: ||W^T W - I|| against {SCORES.get(score, score)} over penalty weights "
+              f"({where or f'{result.detail_anchors()} anchors'}; errors below {floor:g} drawn at {floor:g})",
+        xaxis_type="log", xaxis_title="||W^T W - I||_F (penalised: the lambda-orthogonality threshold its weight enforces)",
+        yaxis_title=SCORES.get(score, score), legend_title="family",
     )
     return fig
 
@@ -155,18 +188,25 @@ def singular_values(result: AlignmentResult) -> go.Figure:
 
 
 def similarity(result: AlignmentResult) -> go.Figure:
-    """Map-free similarity of the two spaces beside its permutation null (mean ± sd)."""
+    """Map-free similarity of the two spaces beside its permutation null (mean ± sd), with z and p."""
     frame = pd.DataFrame(result.similarity)
     fig = go.Figure()
     if frame.empty:
         return fig
-    fig.add_bar(x=frame["measure"], y=frame["value"], name="observed", marker_color=PALETTE[0])
+    text = None
+    if "z" in frame:  # older reports have no z
+        text = [f"z = {z:.0f}, p {'≤' if p <= floor else '='} {p:.2g}"
+                for z, p, floor in zip(frame["z"], frame["p_value"], frame["p_floor"])]
+    fig.add_bar(x=frame["measure"], y=frame["value"], name="observed", marker_color=PALETTE[0], text=text,
+                textposition="outside")
     fig.add_bar(x=frame["measure"], y=frame["null_mean"], name="permutation null",
                 error_y={"type": "data", "array": frame["null_sd"].fillna(0)}, marker_color="#BBBBBB")
     n = int(frame["n_rows"].iloc[0])
     perms = result.params.get("n_permutations")
-    fig.update_layout(barmode="group", title=f"Map-free similarity on {n} held-out items, beside {perms} shuffles",
-                      yaxis_title="similarity")
+    fig.update_layout(barmode="group", title=f"Map-free similarity on {n} held-out items, beside {perms} shuffles "
+                                             "(z: distance from the null mean in null sds)",
+                      yaxis_title="similarity",
+                      yaxis_range=[min(0.0, float(frame[["value", "null_mean"]].min().min()) - 0.05), 1.15])
     return fig
 
 

@@ -140,6 +140,7 @@ def _arrays() -> tuple[alignment.AlignmentInputs | None, str]:
 
 
 def _options() -> dict:
+    d = alignment.DEFAULTS
     with st.expander("Maps, anchors and evaluation", expanded=False):
         c = st.columns(3)
         maps = c[0].multiselect("Maps", alignment.MAPS, default=list(alignment.MAPS), key="align_maps",
@@ -149,24 +150,50 @@ def _options() -> dict:
                               disabled=sweep.startswith("Sweep"))
         strategy = c[2].selectbox("Anchor choice", alignment.STRATEGIES, key="align_strategy",
                                   help="random; kcenter: farthest-first cover; volume: adaptive (volume) sampling")
+        draws = c[2].number_input("Anchor draws", min_value=1, max_value=20, value=d["draws"], step=1, key="align_draws",
+                                  help="each draw redraws the split and the anchors; the table gives the mean over "
+                                       "draws and its 95% interval")
         c = st.columns(4)
         seed = c[0].number_input("Seed", min_value=0, value=0, step=1, key="align_seed")
         test_fraction = c[1].slider("Held-out fraction", 0.1, 0.5, 0.3, 0.05, key="align_test_fraction")
         width = c[2].radio("Different widths", alignment.WIDTHS, key="align_width",
                            format_func={"pca": "PCA to the narrower width", "pad": "zero padding"}.get)
-        perms = c[3].number_input("Permutations (null)", min_value=0, max_value=200, value=20, key="align_perms")
+        perms = c[3].number_input("Permutations (null)", min_value=0, max_value=5000, value=d["n_permutations"],
+                                  key="align_perms", help="p-values cannot go below 1 / (1 + permutations); z says how "
+                                                          "far beyond the null an effect lies")
         c = st.columns(5)
         proper = c[0].checkbox("Force det +1 (rotation)", key="align_proper")
         scale = c[1].checkbox("Isotropic scale", key="align_scale")
         centre = c[2].checkbox("Centre spaces first", key="align_centre",
                                help="subtract each space's mean over the pool rows before normalising")
-        normalise = c[3].checkbox("L2-normalise rows", value=True, key="align_normalise")
-        curves = c[4].checkbox("Curves", value=True, key="align_curves", help="anchor budget and lambda trade-off")
+        normalise = c[3].checkbox("L2-normalise rows", value=d["normalise"], key="align_normalise",
+                                  help="off by default: the paper's model is an orthogonal map up to a mean shift, "
+                                       "which rescaling each row breaks")
+        curves = c[4].checkbox("Curves", value=True, key="align_curves", help="anchor budget and orthogonality trade-off")
         c = st.columns(3)
-        ridge = c[0].number_input("ridge alpha", min_value=0.0, value=1e-3, format="%.1e", key="align_ridge")
-        gamma = c[1].number_input("relaxed gamma", min_value=0.0, value=1e-2, format="%.1e", key="align_gamma")
-        lam = c[2].number_input("penalised lambda", min_value=0.0, value=1e-2, format="%.1e", key="align_lambda")
+        ridge = c[0].number_input("ridge alpha", min_value=0.0, value=d["ridge_alpha"], format="%.1e", key="align_ridge")
+        gamma = c[1].number_input("relaxed gamma", min_value=0.0, value=d["relaxed_gamma"], format="%.1e",
+                                  key="align_gamma")
+        weight = c[2].number_input("penalised: orthogonality weight", min_value=0.0, value=d["penalised_weight"],
+                                   format="%.1e", key="align_weight",
+                                   help="the weight w of w ||W^T W - I||^2, not the threshold lambda of "
+                                        "lambda-orthogonality (see below)")
         st.markdown(
+            "**Splits.** With labels, every score is measured twice: on *unseen classes* (whole classes held out, "
+            "anchors only from the others: transfer, the protocol of the Canonicalizing paper's claims, and the "
+            "headline) and on *seen classes* (a share of every class's rows held out: anchors share classes and "
+            "templates with the queries, so this measures interpolation). Without labels only the second kind exists, "
+            "split by row. Both hold out about the same number of items, but the unseen split's are whole classes, so "
+            "each query also competes with its own class's other items: *class top-1* tells the two kinds of miss "
+            "apart. Each anchor draw redraws the split too; the table's interval covers both.\n\n"
+            "**Normalisation.** The default follows the paper's model, an orthogonal map up to a mean shift: the fit is "
+            "centred and rows keep their norms. L2-normalising rows first rescales each item by its own factor, after "
+            "which a shift is no longer a shift (a planted rotation plus shift then maps with cosine below 1). "
+            "Retrieval compares cosines after the map either way.\n\n"
+            "**The penalised map's weight** multiplies ||W^T W - I||^2. lambda-Orthogonality Regularization (Ricci et "
+            "al., 2025) instead tolerates a deviation up to a threshold lambda. A weight enforces the threshold equal "
+            "to its fitted map's ||W^T W - I|| (a Lagrange duality: no map closer to orthogonal fits the anchors "
+            "better), which the trade-off chart and table show for every weight.\n\n"
             "**Different widths.** A map between spaces of widths d_A ≠ d_B needs one width. *PCA* projects the wider "
             "space onto its top principal directions (found on the anchor pool only, never the held-out items), so both "
             "have the narrower width; the discarded directions carry the least variance. *Zero padding* appends zero "
@@ -174,10 +201,10 @@ def _options() -> dict:
         )
     return {
         "maps": list(maps), "anchors": None if sweep.startswith("Sweep") else [int(n)], "seed": int(seed),
-        "test_fraction": float(test_fraction), "strategy": strategy, "width": width, "centre": bool(centre),
-        "normalise": bool(normalise), "proper": bool(proper), "scale": bool(scale), "ridge_alpha": float(ridge),
-        "relaxed_gamma": float(gamma), "penalised_lambda": float(lam), "n_permutations": int(perms),
-        "curves": bool(curves),
+        "draws": int(draws), "test_fraction": float(test_fraction), "strategy": strategy, "width": width,
+        "centre": bool(centre), "normalise": bool(normalise), "proper": bool(proper), "scale": bool(scale),
+        "ridge_alpha": float(ridge), "relaxed_gamma": float(gamma), "penalised_weight": float(weight),
+        "n_permutations": int(perms), "curves": bool(curves),
     }
 
 
@@ -202,23 +229,56 @@ def _table(frame, key: str) -> None:
                  column_config={c: st.column_config.NumberColumn(format="%.4g") for c in floats})
 
 
+def _interval(row, key: str, fmt: str = ".1%") -> str:
+    lo, hi = row.get(f"{key}_lo"), row.get(f"{key}_hi")
+    if lo is None or hi is None:
+        return ""
+    return f"95% interval {lo:{fmt}}–{hi:{fmt}}"
+
+
+def _headline(result) -> None:
+    h = result.headline()
+    row, base, split = h["row"], h["baseline"], h["split"]
+    st.subheader(f"{result.model_a} → {result.model_b}")
+    m = st.columns(5)
+    for col, key, label in ((m[0], "top1_ab", "top-1 A→B"), (m[1], "top1_ba", "top-1 B→A")):
+        col.metric(f"{label}, {h['map']}, {split}", f"{row[key]:.1%}", f"{row[key] - base[key]:+.1%} vs no map",
+                   help=f"{_interval(row, key)}; {row['interval']}")
+    m[2].metric(f"cosine after the map, {split}", f"{row['cos']:.3f}", f"{row['cos'] - base['cos']:+.3f} vs no map",
+                help=_interval(row, "cos", ".3f"))
+    m[3].metric("Anchors / held out", f"{row['n_anchors']} / {row['n_test']}")
+    m[4].metric("Chance top-1", f"{h['chance']:.2%}")
+    draws = f"mean of {row['draws']} anchor draws" if row["draws"] > 1 else "one anchor draw"
+    note = f"{h['note']}; {h['held_out']}" if h["held_out"] else h["note"]
+    text = (f"**{split.capitalize()}** ({note}): {h['map']} top-1 A→B **{row['top1_ab']:.1%}** "
+            f"({_interval(row, 'top1_ab')}, {draws}); no map {base['top1_ab']:.1%}, chance {h['chance']:.2%}.")
+    other = h["other"]
+    if other is not None:
+        text += (f" On {other['split']} ({alignment.SPLIT_NOTES.get(other['split'], '')}) the same map scores "
+                 f"{other['top1_ab']:.1%} ({_interval(other, 'top1_ab')}) at {other['n_anchors']} anchors.")
+    st.markdown(text)
+    if split == alignment.ROWS:
+        st.info(
+            f"No labels, so the held-out items are a random {result.params['test_fraction']:.0%} of the rows. Items of "
+            "the same topic, from the same template, or near-duplicates can then sit on both sides of the split, so "
+            "these scores show how well the map interpolates among items like its anchors, not how it transfers to "
+            "kinds of items it never saw. Give one label per row (a class or topic) to also measure it on unseen "
+            "classes."
+        )
+    elif split == alignment.SEEN:
+        st.info("There are labels, but holding out whole classes was not possible here (see the warning), so these "
+                "scores are on seen classes: the anchors share classes with the queries.")
+
+
 def _show(result) -> None:
     d = result.data
     frame = result.to_frame()
-    n = result.detail_anchors()
-    before = frame[frame["map"] == "none"].iloc[0]
-    main = frame[(frame["map"] == "procrustes") & (frame["n_anchors"] == n)]
-    main = main.iloc[0] if len(main) else frame[frame["n_anchors"] == n].iloc[0]
-    st.subheader(f"{result.model_a} → {result.model_b}")
-    m = st.columns(5)
-    m[0].metric(f"top-1 A→B, {main['map']}", f"{main['top1_ab']:.1%}", f"{main['top1_ab'] - before['top1_ab']:+.1%} vs no map")
-    m[1].metric(f"top-1 B→A, {main['map']}", f"{main['top1_ba']:.1%}", f"{main['top1_ba'] - before['top1_ba']:+.1%} vs no map")
-    m[2].metric("centred cosine", f"{main['cos_centred']:.3f}", f"{main['cos_centred'] - before['cos_centred']:+.3f}")
-    m[3].metric("Anchors / held out", f"{n} / {d['n_test']}")
-    m[4].metric("Chance top-1", f"{1 / d['n_test']:.2%}")
+    _headline(result)
+    detail = d.get("detail_split", "held-out")
     st.caption(
-        f"{d['n_rows']} paired {d['modality']}, split {d['n_pool']} (anchor pool) / {d['n_test']} (held out) with seed "
-        f"{result.params['seed']}. {_width_note(result)}"
+        f"{d['n_rows']} paired {d['modality']}. Heatmaps, projection, map geometry and the map-free measures use draw 0 "
+        f"of the {detail} split: {d['n_pool']} (anchor pool) / {d['n_test']} (held out), seed {result.params['seed']}. "
+        f"{_width_note(result)}"
     )
     for w in result.warnings:
         st.warning(w)
@@ -242,11 +302,15 @@ def _show(result) -> None:
             st.plotly_chart(fig, key=key)
 
     tables = result.tables()
-    st.markdown("**Held-out scores** (every map at every anchor count; `none` is the identity)")
+    st.markdown("**Held-out scores** (per split, every map at every anchor count: the mean over draws with its 95% "
+                "interval `_lo`–`_hi` and the spread of one draw `_sd`; `none` is the identity)")
     _table(frame, "align_table_metrics")
+    with st.expander("Scores of every draw"):
+        _table(tables["metric_draws"], "align_table_draws")
     st.markdown("**Map geometry** at the largest anchor count, and the anchors' effective rank")
     _table(tables["map_geometry"], "align_table_geometry")
-    st.markdown("**Map-free similarity**, beside the same measure with one side's rows shuffled")
+    st.markdown("**Map-free similarity**, beside the same measure with one side's rows shuffled: `z` is the distance "
+                "from the shuffles' mean in their sds; `p_value` cannot go below `p_floor` = 1 / (1 + shuffles)")
     _table(tables["similarity"], "align_table_similarity")
     for stem in ("cross_modal", "zero_shot"):
         if stem in tables:

@@ -21,6 +21,26 @@ def planted_pair(n: int = 120, d: int = 8, noise: float = 0.0, seed: int = 0):
     return X.astype(np.float32), Y.astype(np.float32), labels
 
 
+def classes_and_templates(n_classes: int = 100, n_templates: int = 12, d: int = 48, noise: float = 0.6,
+                          spread: float = 0.3, seed: int = 0):
+    """Items ``class + template`` (the shape of "a photo of a {class}" sets), seen by A and B through
+    independent noise, B rotated and shifted: ``Y = (Z + e') Q + mu``. Labels are the classes.
+
+    The template vectors are small beside the class vectors, so an item's nearest rivals are its
+    own class's other templates: a gallery made of whole classes (the unseen-classes split) is
+    harder than one with a few items of every class.
+    """
+    rng = np.random.default_rng(seed)
+    classes = rng.standard_normal((n_classes, d))
+    templates = spread * rng.standard_normal((n_templates, d))
+    Z = (classes[:, None, :] + templates[None]).reshape(-1, d)
+    Q = sl.qr(rng.standard_normal((d, d)))[0]
+    X = Z + noise * rng.standard_normal(Z.shape)
+    Y = (Z + noise * rng.standard_normal(Z.shape)) @ Q + 2 * rng.standard_normal(d)
+    labels = [f"class{i // n_templates}" for i in range(len(Z))]
+    return X, Y, labels
+
+
 def npy_bytes(a) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a)

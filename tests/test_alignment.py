@@ -14,9 +14,9 @@ import scipy.linalg as sl
 from diagnostics import alignment as al
 from diagnostics import alignment_data as ad
 from models import OrthoscopeError
-from tests.alignment_fixtures import image_set, tiny_clip_folder
+from tests.alignment_fixtures import classes_and_templates, image_set, tiny_clip_folder
 
-FAST = {"curves": False, "n_permutations": 5}
+FAST = {"curves": False, "n_permutations": 5, "draws": 2}
 
 
 def planted(n=400, d=16, noise=0.0, seed=0, det=None):
@@ -387,6 +387,235 @@ def test_different_widths_align_through_pca_and_padding():
 
 
 # ---------------------------------------------------------------------------------------
+# Protocols: the two splits, draws and intervals
+
+
+def _scipy_top1(X, Y, anchors, queries):
+    """Top-1 A->B of scipy's Procrustes on the centred anchors, among the queries, by cosine."""
+    mx, my = X[anchors].mean(0), Y[anchors].mean(0)
+    R, _ = sl.orthogonal_procrustes(X[anchors] - mx, Y[anchors] - my)
+    A = (X[queries] - mx) @ R + my
+    S = (A / np.linalg.norm(A, axis=1, keepdims=True)) @ (Y[queries] / np.linalg.norm(Y[queries], axis=1, keepdims=True)).T
+    return float((S.argmax(axis=1) == np.arange(len(queries))).mean())
+
+
+def test_unseen_class_top1_equals_an_independent_class_disjoint_scipy_procrustes():
+    """100 classes x 12 templates, 720 anchors: the unseen-classes row is what a class-disjoint
+    Procrustes written from scratch gives, within sampling error, and well below the seen row."""
+    X, Y, labels = classes_and_templates()
+    draws = 8
+    r = al.run(al.AlignmentInputs(X=X, Y=Y, labels=labels),
+               {"anchors": [720], "maps": ["procrustes"], "curves": False, "n_permutations": 0, "draws": draws})
+    rows = {(m["split"], m["map"]): m for m in r.metrics}
+    ours = rows[("unseen classes", "procrustes")]
+    assert ours["n_anchors"] == 720 and ours["draws"] == draws and ours["n_test"] == 360 and ours["n_test_classes"] == 30
+    cls = np.array([int(v[5:]) for v in labels])
+    rng = np.random.default_rng(2024)
+    ref = []
+    for _ in range(draws):
+        held = rng.choice(100, size=30, replace=False)
+        queries = np.flatnonzero(np.isin(cls, held))
+        anchors = rng.choice(np.flatnonzero(~np.isin(cls, held)), size=720, replace=False)
+        ref.append(_scipy_top1(X, Y, anchors, queries))
+    ref = np.array(ref)
+    se = math.sqrt(ours["top1_ab_sd"] ** 2 / draws + ref.var(ddof=1) / draws)
+    assert abs(ours["top1_ab"] - ref.mean()) < 3 * se + 0.01, (ours["top1_ab"], ref)
+    # The test can tell the protocols apart: a gallery of whole classes is far harder.
+    seen = rows[("seen classes", "procrustes")]
+    assert seen["top1_ab"] - ours["top1_ab"] > 0.15 > 3 * se + 0.01
+    assert ours["top1_ab_lo"] < ours["top1_ab"] < ours["top1_ab_hi"]
+    # No draw's anchors share a class with its queries.
+    for info in r.data["splits"][0]["held_out_classes"]:
+        assert len(info) == 30
+    assert r.data["splits"][0]["split"] == "unseen classes" and r.data["headline_split"] == "unseen classes"
+
+
+def test_seen_class_top1_equals_an_independent_stratified_scipy_procrustes():
+    X, Y, labels = classes_and_templates()
+    draws = 6
+    r = al.run(al.AlignmentInputs(X=X, Y=Y, labels=labels),
+               {"anchors": [720], "maps": ["procrustes"], "curves": False, "n_permutations": 0, "draws": draws})
+    ours = next(m for m in r.metrics if m["split"] == "seen classes" and m["map"] == "procrustes")
+    assert ours["n_test"] == 400 and ours["n_test_classes"] == 100
+    cls = np.array([int(v[5:]) for v in labels])
+    rng = np.random.default_rng(7)
+    ref = []
+    for _ in range(draws):
+        queries = np.sort(np.concatenate([rng.choice(np.flatnonzero(cls == c), 4, replace=False) for c in range(100)]))
+        pool = np.setdiff1d(np.arange(len(cls)), queries)
+        ref.append(_scipy_top1(X, Y, rng.choice(pool, 720, replace=False), queries))
+    se = math.sqrt(ours["top1_ab_sd"] ** 2 / draws + np.var(ref, ddof=1) / draws)
+    assert abs(ours["top1_ab"] - np.mean(ref)) < 3 * se + 0.01, (ours["top1_ab"], ref)
+
+
+def test_planted_rotation_plus_mean_shift_maps_with_cosine_one_by_default():
+    X, Y, _, _ = planted(n=300, d=16)
+    labels = [f"c{i % 6}" for i in range(300)]
+    r = al.run(al.AlignmentInputs(X=X, Y=Y, labels=labels), {**FAST, "anchors": [100]})
+    assert r.params["normalise"] is False
+    for row in r.metrics:
+        if row["map"] == "procrustes":
+            assert row["cos"] == pytest.approx(1.0, abs=1e-6), row["split"]
+            assert row["top1_ab"] == 1.0
+    # Rescaling rows first breaks the model: the same data no longer map exactly.
+    r = al.run(al.AlignmentInputs(X=X, Y=Y, labels=labels), {**FAST, "anchors": [100], "normalise": True})
+    assert all(row["cos"] < 0.99 for row in r.metrics if row["map"] == "procrustes")
+
+
+def test_class_split_holds_out_whole_classes_near_the_fraction_and_is_seeded():
+    labels = ["a"] * 10 + ["b"] * 20 + ["c"] * 30 + ["d"] * 40
+    pool, test, held = al.class_split(labels, 0.3, 0)
+    lab = np.asarray(labels)
+    assert not set(lab[pool]) & set(lab[test]) and set(lab[test]) == set(held)
+    assert sorted(np.concatenate([pool, test]).tolist()) == list(range(100))
+    sizes = {0.3 * 100 - len(al.class_split(labels, 0.3, s)[1]) for s in range(20)}
+    assert min(abs(v) for v in sizes) == 0  # 30 rows: "c", or "a" + "b", are held out in some draws
+    assert np.array_equal(test, al.class_split(labels, 0.3, 0)[1])
+    assert len({tuple(al.class_split(labels, 0.3, s)[2]) for s in range(20)}) > 1
+    assert al.class_split(["a", "b"], 0.9, 0)[2] in (["a"], ["b"])  # one class always stays for anchors
+    with pytest.raises(OrthoscopeError, match="at least 2 classes"):
+        al.class_split(["a"] * 5, 0.3, 0)
+
+
+def test_main_table_reports_both_splits_unseen_first_with_t_intervals_over_draws():
+    from scipy import stats
+
+    X, Y, _, _ = planted(n=240, d=12, noise=0.8, seed=4)
+    labels = [f"c{i % 8}" for i in range(240)]
+    r = al.run(al.AlignmentInputs(X=X, Y=Y, labels=labels), {**FAST, "anchors": [16, 64], "draws": 4,
+                                                              "maps": ["procrustes", "lstsq"]})
+    frame = r.to_frame()
+    assert list(dict.fromkeys(frame["split"])) == ["unseen classes", "seen classes"]
+    assert list(frame["map"][:5]) == ["none", "procrustes", "lstsq", "procrustes", "lstsq"]
+    draws = r.tables()["metric_draws"]
+    assert len(draws) == 2 * 4 * (1 + 2 * 2) and set(draws["draw"]) == {0, 1, 2, 3}
+    for _, row in frame.iterrows():
+        one = draws[(draws["split"] == row["split"]) & (draws["map"] == row["map"])
+                    & (draws["n_anchors"] == row["n_anchors"])]
+        values = one["top1_ab"].to_numpy()
+        assert row["top1_ab"] == pytest.approx(values.mean()) and row["top1_ab_sd"] == pytest.approx(values.std(ddof=1))
+        half = stats.t.ppf(0.975, 3) * values.std(ddof=1) / 2
+        assert row["top1_ab_lo"] == pytest.approx(max(0.0, values.mean() - half))
+        assert row["top1_ab_hi"] == pytest.approx(min(1.0, values.mean() + half))
+        assert row["draws"] == 4 and row["interval"] == "95% t-interval of the mean over 4 draws"
+    # Each draw redraws the split: the held-out classes differ between draws.
+    held = r.data["splits"][0]["held_out_classes"]
+    assert len(held) == 4 and len({tuple(h) for h in held}) > 1
+    h = r.headline()
+    assert h["split"] == "unseen classes" and h["map"] == "procrustes" and h["row"]["n_anchors"] == 64
+    assert h["baseline"]["map"] == "none" and h["other"]["split"] == "seen classes"
+
+
+def test_one_draw_gets_a_wilson_interval_over_its_queries():
+    X, Y, _, _ = planted(n=120, d=8, noise=1.0, seed=6)
+    r = al.run(al.AlignmentInputs(X=X, Y=Y), {**FAST, "anchors": [40], "draws": 1, "maps": ["procrustes"]})
+    row = next(m for m in r.metrics if m["map"] == "procrustes")
+    assert row["split"] == "random rows" and row["draws"] == 1 and row["top1_ab_sd"] is None  # NaN in JSON
+    assert 0 < row["top1_ab"] < 1
+    # Wilson's bounds are the p where the observed share sits 1.96 standard errors away:
+    # (p_hat - p)^2 = z^2 p (1 - p) / n, a quadratic in p.
+    p_hat, n, z = row["top1_ab"], row["n_test"], 1.959964
+    roots = np.sort(np.roots([1 + z * z / n, -(2 * p_hat + z * z / n), p_hat * p_hat]).real)
+    assert (row["top1_ab_lo"], row["top1_ab_hi"]) == pytest.approx(tuple(roots), abs=1e-9)
+    assert "Wilson" in row["interval"] and row["cos_lo"] < row["cos"] < row["cos_hi"]
+
+
+def test_without_whole_classes_to_hold_out_only_seen_classes_are_scored_and_said_so():
+    X, Y, _, _ = planted(n=40, d=4)
+    labels = ["big"] * 36 + ["small"] * 4  # holding out "small" leaves 4 held-out rows: too few
+    r = al.run(al.AlignmentInputs(X=X, Y=Y, labels=labels), {**FAST, "anchors": [10]})
+    assert {m["split"] for m in r.metrics} == {"seen classes"}
+    assert any("No unseen-classes split" in w for w in r.warnings)
+
+
+def test_counts_an_unseen_draw_cannot_reach_are_left_out_with_a_warning():
+    X, Y, _, _ = planted(n=100, d=4)
+    labels = ["a"] * 50 + ["b"] * 25 + ["c"] * 25  # holding out "a" leaves 50 candidates, "b" or "c" 75
+    r = al.run(al.AlignmentInputs(X=X, Y=Y, labels=labels), {**FAST, "anchors": [60], "draws": 6})
+    pools = r.data["splits"][0]["n_pool"]
+    assert min(pools) == 50 and max(pools) == 75  # both kinds of draw happen with seed 0
+    assert any("as few as 50 candidate anchors" in w for w in r.warnings)
+    kept = next(m for m in r.metrics if m["split"] == "unseen classes" and m["map"] == "procrustes")
+    assert kept["draws"] == sum(p >= 60 for p in pools) and kept["n_anchors"] == 60
+    assert next(m for m in r.metrics if m["split"] == "unseen classes" and m["map"] == "none")["draws"] == 6
+    assert r.headline()["split"] == "unseen classes"
+    # The default sweep ends where every draw can follow, and says what that costs the seen split.
+    r = al.run(al.AlignmentInputs(X=X, Y=Y, labels=labels), {**FAST, "draws": 6})
+    assert max(m["n_anchors"] for m in r.metrics) == 50
+    assert {m["draws"] for m in r.metrics} == {6}
+    assert any("sweep stops at 50" in w and "could use up to 69" in w for w in r.warnings)
+    # A count no unseen draw can reach: the headline moves to the seen split rather than failing.
+    r = al.run(al.AlignmentInputs(X=X, Y=Y, labels=labels), {**FAST, "anchors": [78], "draws": 6, "test_fraction": 0.2})
+    assert max(r.data["splits"][0]["n_pool"]) == 75 < 78 <= r.data["n_pool"]
+    assert not [m for m in r.metrics if m["split"] == "unseen classes" and m["map"] != "none"]
+    assert r.headline()["split"] == "seen classes" and r.headline()["row"]["n_anchors"] == 78
+
+
+def test_renamed_parameters_are_explained():
+    X, Y, _, _ = planted(n=60, d=4)
+    with pytest.raises(OrthoscopeError, match="penalised_lambda is now called penalised_weight"):
+        al.run(al.AlignmentInputs(X=X, Y=Y), {**FAST, "penalised_lambda": 0.1})
+    for key, bad in (("draws", 0), ("n_permutations", -1), ("seed", -3), ("draws", 2.5)):
+        with pytest.raises(OrthoscopeError, match=key):
+            al.run(al.AlignmentInputs(X=X, Y=Y), {**FAST, key: bad})
+
+
+def test_a_penalty_weight_enforces_the_threshold_of_its_own_orthogonality_error():
+    """Lagrange duality behind the docstring's claim: no map at least as orthogonal as the
+    penalised fit for weight w fits the anchors better. Checked against the relaxed family and
+    against small perturbations that do not increase ||W^T W - I||."""
+    X, Y, _, _ = planted(n=120, d=8, noise=0.7, seed=8)
+    fit = al.Fitter(X, Y)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    loss = lambda W: np.linalg.norm(Xc @ W - Yc) ** 2  # noqa: E731
+    relaxed = [fit.relaxed(g).W for g in np.logspace(-5, 3, 60)]
+    thresholds = []
+    for w in (1e-3, 1e-2, 1e-1, 1.0):
+        P = fit.penalised(w).W
+        t = al.orth_error(P)
+        thresholds.append(t)
+        for R in relaxed:
+            if al.orth_error(R) <= t:
+                assert loss(R) >= loss(P) - 1e-9
+        rng = np.random.default_rng(0)
+        for _ in range(50):
+            Q = P + 1e-3 * rng.standard_normal(P.shape)
+            if al.orth_error(Q) <= t:
+                assert loss(Q) >= loss(P) - 1e-9
+    assert thresholds == sorted(thresholds, reverse=True)  # a larger weight enforces a smaller threshold
+
+
+def test_similarity_nulls_resolve_small_p_values_and_give_z():
+    X, Y, _, _ = planted(n=150, d=10, noise=0.3, seed=3)
+    r = al.run(al.AlignmentInputs(X=X, Y=Y), {**FAST, "n_permutations": al.DEFAULTS["n_permutations"], "anchors": [20]})
+    assert al.DEFAULTS["n_permutations"] >= 200
+    for row in r.similarity:
+        assert row["p_floor"] == pytest.approx(1 / (1 + al.DEFAULTS["n_permutations"])) and row["p_floor"] <= 0.005
+        assert row["p_value"] == pytest.approx(row["p_floor"])
+        assert row["z"] == pytest.approx((row["value"] - row["null_mean"]) / row["null_sd"])
+        assert row["z"] > 10
+
+
+def test_gram_and_feature_forms_of_the_shuffled_cross_product_agree_with_direct_computation():
+    rng = np.random.default_rng(12)
+    for n, da, db in ((12, 80, 90), (50, 6, 5)):  # the first takes the Gram form, the second the feature form
+        X, Y = rng.standard_normal((n, da)), rng.standard_normal((n, db))
+        Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+        perms = np.stack([rng.permutation(n) for _ in range(7)])
+        got = al._permuted_cross_sq(Xc, Yc, perms)
+        want = [np.linalg.norm(Xc.T @ Yc[p]) ** 2 for p in perms]
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+        rows = al.similarity_with_nulls(X, Y, n_permutations=7, seed=3, k=3, svcca_dims=4)
+        ps = np.stack([p for p in (lambda g: [g.permutation(n) for _ in range(7)])(np.random.default_rng(3))])
+        direct = {"linear CKA": [al.linear_cka(X, Y[p]) for p in ps], "debiased CKA": [al.debiased_cka(X, Y[p]) for p in ps],
+                  "mutual 3-NN": [al.mutual_knn(X, Y[p], k=3) for p in ps], "SVCCA": [al.svcca(X, Y[p], max_dims=4) for p in ps]}
+        for row in rows:
+            ref = np.array(direct[row["measure"]])
+            assert row["null_mean"] == pytest.approx(ref.mean(), rel=1e-5, abs=1e-9), row["measure"]
+            assert row["null_sd"] == pytest.approx(ref.std(ddof=1), rel=1e-4, abs=1e-9), row["measure"]
+
+
+# ---------------------------------------------------------------------------------------
 # Bad input
 
 
@@ -448,7 +677,7 @@ def test_run_with_labels_second_modality_and_curves_round_trips_through_json():
     labels = [f"c{i % 4}" for i in range(160)]
     inputs = al.AlignmentInputs(X=X, Y=Y, labels=labels, X2=X2, Y2=X2 @ Q + mu, modality="images", modality2="texts",
                                 name_a="a", name_b="b", fingerprint_a="fa", fingerprint_b="fb")
-    params = {"n_permutations": 3, "budget_seeds": 2, "lambdas": [1e-3, 1e-1, 10.0], "normalise": False}
+    params = {"n_permutations": 3, "budget_seeds": 2, "tradeoff_weights": [1e-3, 1e-1, 10.0], "draws": 2}
     r = al.run(inputs, params)
     cross = {c["map"]: c for c in r.cross_modal}
     assert cross["procrustes"]["top1_ab"] == 1.0 and cross["procrustes"]["fitted_on"] == "images"
@@ -456,10 +685,12 @@ def test_run_with_labels_second_modality_and_curves_round_trips_through_json():
     budget = r.tables()["anchor_budget"]
     assert set(budget["split"]) == {"all classes", "seen classes", "unseen classes"}
     assert set(budget["seed"]) == {0, 1} and set(budget["strategy"]) == set(al.STRATEGIES)
-    trade = r.tables()["lambda_tradeoff"]
+    trade = r.tables()["orthogonality_tradeoff"]
     assert set(trade["family"]) == {"lstsq", "procrustes", "relaxed", "penalised"}
-    assert list(r.to_frame().columns[:9]) == ["map", "lambda", "n_anchors", "seed", "top1_ab", "top1_ba", "cos",
-                                              "cos_centred", "orth_error"]
+    assert set(trade["split"]) == {"unseen classes"}  # the headline split
+    assert list(r.to_frame().columns[:10]) == ["split", "map", "weight", "n_anchors", "seed", "top1_ab", "top1_ba",
+                                               "cos", "cos_centred", "orth_error"]
+    assert list(r.tables()["metric_draws"].columns[:3]) == ["split", "draw", "map"]
     (back,) = from_json(to_json([r]))
     assert back.to_dict() == r.to_dict()
     assert [f.to_json() for f in charts.figures(back)] == [f.to_json() for f in charts.figures(r)]

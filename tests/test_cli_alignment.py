@@ -16,8 +16,8 @@ from diagnostics import alignment as al
 from tests.alignment_fixtures import planted_pair, texts_csv, tiny_bert_with_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-ISSUE_COLUMNS = ["map", "lambda", "n_anchors", "seed", "top1_ab", "top1_ba", "cos", "cos_centred", "orth_error"]
-FAST = ["--no-curves", "--permutations", "3"]
+ISSUE_COLUMNS = ["split", "map", "weight", "n_anchors", "seed", "top1_ab", "top1_ba", "cos", "cos_centred", "orth_error"]
+FAST = ["--no-curves", "--permutations", "3", "--draws", "2"]
 
 
 @pytest.fixture
@@ -39,19 +39,22 @@ def test_arrays_write_metrics_csv_with_a_sweep_and_the_report(arrays, tmp_path):
                      "--labels", str(arrays / "labels.txt"), "--out", str(out), "--seed", "3", "--no-normalise", *FAST])
     assert code == 0
     table = rows(out / "metrics.csv")
-    assert list(table[0])[:9] == ISSUE_COLUMNS
+    assert list(table[0])[:10] == ISSUE_COLUMNS
     counts = sorted({int(r["n_anchors"]) for r in table if r["map"] != "none"})
-    assert counts == [8, 16, 32, 64, 84]  # the default sweep up to the 84 pool rows
-    assert len(table) == 1 + len(counts) * len(al.MAPS)
-    assert {r["seed"] for r in table} == {"3"}
-    best = [r for r in table if r["map"] == "procrustes" and r["n_anchors"] == "84"][0]
-    assert float(best["top1_ab"]) == float(best["top1_ba"]) == 1.0  # planted, no noise
-    assert float(best["orth_error"]) < 1e-12
-    assert [r for r in table if r["map"] == "ridge"][0]["lambda"] == "0.001"
+    assert counts == [8, 16, 32, 64, 84]  # the default sweep up to the 84 pool rows of the seen split
+    assert [r["split"] for r in table][:: 1 + len(counts) * len(al.MAPS)] == ["unseen classes", "seen classes"]
+    assert len(table) == 2 * (1 + len(counts) * len(al.MAPS))
+    assert {r["seed"] for r in table} == {"3"} and {r["draws"] for r in table} == {"2"}
+    for best in [r for r in table if r["map"] == "procrustes" and r["n_anchors"] == "84"]:
+        assert float(best["top1_ab"]) == float(best["top1_ba"]) == 1.0  # planted, no noise
+        assert float(best["orth_error"]) < 1e-12
+        assert float(best["top1_ab_lo"]) <= 1.0 == float(best["top1_ab_hi"])
+    assert [r for r in table if r["map"] == "ridge"][0]["weight"] == "0.001"
     doc = json.loads((out / "report.json").read_text())
     assert doc["results"][0]["diagnostic"] == "alignment" and doc["results"][0]["params"]["seed"] == 3
     assert "plotly-graph-div" in (out / "report.html").read_text()
-    assert {"similarity.csv", "map_geometry.csv"} <= {p.name for p in out.iterdir()}
+    assert {"similarity.csv", "map_geometry.csv", "metric_draws.csv"} <= {p.name for p in out.iterdir()}
+    assert len(rows(out / "metric_draws.csv")) == 2 * 2 * (1 + len(counts) * len(al.MAPS))
 
 
 def test_anchors_maps_and_options_reach_the_result(arrays, tmp_path):
@@ -60,10 +63,45 @@ def test_anchors_maps_and_options_reach_the_result(arrays, tmp_path):
                      "--maps", "procrustes,lstsq", "--strategy", "kcenter", "--proper", "--out", str(out), *FAST])
     assert code == 0
     table = rows(out / "metrics.csv")
-    assert [(r["map"], r["n_anchors"], r["strategy"]) for r in table] == [
-        ("none", "0", ""), ("procrustes", "40", "kcenter"), ("lstsq", "40", "kcenter")]
+    assert [(r["split"], r["map"], r["n_anchors"], r["strategy"]) for r in table] == [
+        ("random rows", "none", "0", ""), ("random rows", "procrustes", "40", "kcenter"),
+        ("random rows", "lstsq", "40", "kcenter")]
     params = json.loads((out / "report.json").read_text())["results"][0]["params"]
     assert params["proper"] is True and params["anchors"] == [40]
+
+
+def test_draws_normalisation_permutations_and_the_penalty_weight_reach_the_result(arrays, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["alignment", "--emb-a", str(arrays / "a.npy"), "--emb-b", str(arrays / "b.npy"), "--labels",
+            str(arrays / "labels.txt"), "--anchors", "40", "--maps", "procrustes,penalised", "--no-curves"]
+    code = cli.main([*base, "--draws", "3", "--permutations", "250", "--penalised-weight", "0.5", "--normalise",
+                     "--out", str(out)])
+    assert code == 0
+    result = json.loads((out / "report.json").read_text())["results"][0]
+    p = result["params"]
+    assert (p["draws"], p["n_permutations"], p["penalised_weight"], p["normalise"]) == (3, 250, 0.5, True)
+    table = rows(out / "metrics.csv")
+    assert {r["draws"] for r in table} == {"3"} and {r["split"] for r in table} == {"unseen classes", "seen classes"}
+    assert {r["weight"] for r in table if r["map"] == "penalised"} == {"0.5"}
+    sim = rows(out / "similarity.csv")
+    assert {r["n_permutations"] for r in sim} == {"250"} and all(float(r["p_floor"]) == 1 / 251 for r in sim)
+    assert all(float(r["z"]) > 3 for r in sim)
+    err = capsys.readouterr().err
+    assert "note: split 'unseen classes': anchors and queries from disjoint classes" in err
+    # The defaults: five draws, 200 shuffles, rows not normalised; the old option name still works.
+    code = cli.main([*base, "--penalised-lambda", "0.25", "--out", str(out)])
+    assert code == 0
+    p = json.loads((out / "report.json").read_text())["results"][0]["params"]
+    assert (p["draws"], p["n_permutations"], p["normalise"], p["penalised_weight"]) == (5, 200, False, 0.25)
+    assert cli.main([*base, "--draws", "0", "--out", str(out)]) == 2
+    assert "draws must be a whole number from 1" in capsys.readouterr().err
+
+
+def test_without_labels_the_note_says_the_split_is_by_row(arrays, tmp_path, capsys):
+    code = cli.main(["alignment", "--emb-a", str(arrays / "a.npy"), "--emb-b", str(arrays / "b.npy"), "--anchors", "20",
+                     "--out", str(tmp_path / "o"), *FAST])
+    assert code == 0
+    assert "note: split 'random rows': no labels" in capsys.readouterr().err
 
 
 def test_fewer_anchors_than_dimensions_warns_on_stderr(tmp_path, capsys):

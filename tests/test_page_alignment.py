@@ -16,7 +16,7 @@ from tests.apptest import APP, errors, open_page
 
 TIMEOUT = 180
 PAGE = "pages/alignment.py"
-FAST = {"align_curves": False, "align_perms": 3}
+FAST = {"align_curves": False, "align_perms": 3, "align_draws": 2}
 
 
 def page(**state) -> AppTest:
@@ -44,15 +44,22 @@ def test_arrays_are_aligned_and_the_page_shows_what_the_diagnostic_computes():
     at.button(key="align_run").click().run()
     assert not errors(at) and not at.exception, (errors(at), at.exception)
     shown = at.dataframe[0].value
-    expected = al.run(al.AlignmentInputs(X=X, Y=Y, labels=labels),
-                      {"curves": False, "n_permutations": 3}).to_frame()
-    assert list(shown["map"]) == list(expected["map"])
+    result = al.run(al.AlignmentInputs(X=X, Y=Y, labels=labels), {"curves": False, "n_permutations": 3, "draws": 2})
+    expected = result.to_frame()
+    assert list(shown["split"]) == list(expected["split"]) and list(shown["map"]) == list(expected["map"])
     np.testing.assert_allclose(shown["top1_ab"].astype(float), expected["top1_ab"].astype(float))
+    np.testing.assert_allclose(shown["top1_ab_lo"].astype(float), expected["top1_ab_lo"].astype(float))
     np.testing.assert_allclose(shown["cos_centred"].astype(float), expected["cos_centred"].astype(float))
+    # The headline is the unseen-classes split, with its interval, baseline and the seen split beside it.
     metrics = {m.label: m.value for m in at.metric}
-    main = expected[(expected["map"] == "procrustes") & (expected["n_anchors"] == expected["n_anchors"].max())]
-    assert metrics["top-1 A→B, procrustes"] == f"{main['top1_ab'].iloc[0]:.1%}"
-    assert metrics["Chance top-1"] == f"{1 / 36:.2%}"
+    unseen = expected[(expected["split"] == "unseen classes") & (expected["map"] == "procrustes")]
+    main = unseen[unseen["n_anchors"] == unseen["n_anchors"].max()].iloc[0]
+    assert metrics["top-1 A→B, procrustes, unseen classes"] == f"{main['top1_ab']:.1%}"
+    assert metrics["Chance top-1"] == f"{1 / main['n_test']:.2%}" == f"{1 / 30:.2%}"  # one of four classes held out
+    headline = next(m.value for m in at.markdown if m.value.startswith("**Unseen classes**"))
+    assert f"95% interval {main['top1_ab_lo']:.1%}–{main['top1_ab_hi']:.1%}" in headline
+    assert "mean of 2 anchor draws" in headline and "On seen classes" in headline
+    assert not any("No labels" in i.value for i in at.info)
     assert len(at.get("plotly_chart")) == 5  # bars, heatmaps, projection, singular values, similarity
     # The widths match, so the page says no width handling was needed.
     assert any("no width handling was needed" in c.value for c in at.caption)
@@ -78,6 +85,36 @@ def test_changing_a_setting_asks_for_a_new_run_and_add_to_report_round_trips():
     figs = viewer.get("plotly_chart")
     assert len(figs) == len(charts.figures(result))
     assert json.loads(figs[0].proto.spec)["layout"]["title"]["text"].startswith("Held-out scores before")
+
+
+def test_without_labels_the_page_says_the_split_is_by_row_and_the_options_reach_the_run():
+    X, Y, _ = planted_pair(n=80, noise=0.05)
+    at = arrays_page(X, Y, align_anchor_mode="A fixed number", align_anchors=30, align_draws=3, align_perms=250,
+                     align_normalise=True, align_weight=0.5, align_curves=True)
+    at.button(key="align_run").click().run()
+    assert not errors(at) and not at.exception, (errors(at), at.exception)
+    assert any("No labels, so the held-out items are a random 30% of the rows" in i.value for i in at.info)
+    metrics = {m.label: m.value for m in at.metric}
+    assert "top-1 A→B, procrustes, random rows" in metrics
+    at.button(key="align_add").click().run()
+    (result,) = at.session_state["report_results"]
+    p = result.params
+    assert (p["draws"], p["n_permutations"], p["normalise"], p["penalised_weight"]) == (3, 250, True, 0.5)
+    assert {r["split"] for r in result.metrics} == {"random rows"} and {r["draws"] for r in result.metrics} == {3}
+    assert {r["weight"] for r in result.tradeoff if r["family"] == "penalised"} == set(al.DEFAULTS["tradeoff_weights"])
+    assert all(r["p_floor"] == 1 / 251 for r in result.similarity)
+
+
+def test_page_defaults_follow_the_paper_and_the_issue():
+    X, Y, _ = planted_pair(n=40)
+    at = page(align_mode="Embedding arrays").run()
+    upload(at, "align_emb_a", "a.npy", npy_bytes(X))
+    upload(at, "align_emb_b", "b.npy", npy_bytes(Y))
+    at.run()
+    assert at.checkbox(key="align_normalise").value is False
+    assert at.number_input(key="align_draws").value == al.DEFAULTS["draws"] == 5
+    assert at.number_input(key="align_perms").value == al.DEFAULTS["n_permutations"] >= 200
+    assert at.number_input(key="align_weight").value == al.DEFAULTS["penalised_weight"]
 
 
 @pytest.mark.parametrize(
@@ -128,7 +165,7 @@ def test_two_models_over_an_uploaded_text_set(tmp_path, monkeypatch):
     at.button(key="align_run").click().run()
     assert not errors(at) and not at.exception, (errors(at), at.exception)
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Anchors / held out"] == "20 / 12"
+    assert metrics["Anchors / held out"] == "20 / 20"  # unseen classes: one of the two labels held out whole
     result = next(iter(at.session_state["report_results"]), None) if "report_results" in at.session_state else None
     assert result is None  # nothing is added to the report until asked
     shown = at.dataframe[0].value
