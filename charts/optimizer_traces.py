@@ -1,4 +1,7 @@
-"""Charts for optimizer traces: loss and accuracy curves with seed bands, update geometry, alpha, times."""
+"""Charts for optimizer traces: the comparison at the rates chosen on validation, the sweep that chose
+them, loss and held-out curves with seed bands, update geometry, alpha, times.
+
+Curves show each optimizer at its chosen rate (every run when a trace has no validation split)."""
 
 from __future__ import annotations
 
@@ -7,23 +10,21 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from diagnostics.optimizer_traces import OptimizerTracesResult
+from diagnostics.optimizer_traces import INTERVAL, OptimizerTracesResult
 
 _PALETTE = ("#4C78A8", "#F58518", "#E45756", "#72B7B2", "#54A24B", "#EECA3B", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC")
 GEOMETRY = (("rms", "update RMS", "log"), ("effective_rank", "effective rank", "linear"),
-            ("neuron_cv", "neuron-norm CV", "linear"), ("orth_error", "orthogonality error", "linear"))
+            ("neuron_cv", "neuron-norm CV", "linear"), ("sv_cv", "singular-value CV (0: orthogonal)", "linear"))
 PHASE_COLOURS = {"forward": "#4C78A8", "backward": "#72B7B2", "optimizer": "#F58518", "recorder": "#BAB0AC"}
 
 
 def _series(result: OptimizerTracesResult, frame: pd.DataFrame) -> pd.DataFrame:
-    """Adds "series": the optimizer's label, with its learning rate when a sweep ran several."""
+    """The rows of the shown runs (each optimizer at its chosen rate), with "series": their name."""
     if frame.empty:
         return frame
-    runs = result.runs()
-    several = runs.groupby("optimizer")["lr"].nunique().gt(1).to_dict()
-    frame = frame.copy()
-    frame["series"] = [f"{label} lr={lr:.3g}" if several.get(opt) else str(label)
-                       for label, lr, opt in zip(frame["label"], frame["lr"], frame["optimizer"])]
+    names = result.series(result.shown_runs())
+    frame = frame[frame["run_id"].isin(names)].copy()
+    frame["series"] = frame["run_id"].map(names)
     return frame
 
 
@@ -55,7 +56,10 @@ def _band_traces(fig: go.Figure, frame: pd.DataFrame, x: str, y: str, colours: d
 
 def _seeds_note(result: OptimizerTracesResult) -> str:
     n = result.runs()["seed"].nunique()
-    return f"mean over {n} seeds, band min to max" if n > 1 else "one seed"
+    note = f"mean over {n} seeds, band min to max" if n > 1 else "one seed"
+    if not result.choices().empty and result.runs().groupby(["scope", "optimizer"])["lr"].nunique().max() > 1:
+        note += "; each optimizer at its rate chosen on validation"
+    return note
 
 
 def loss_curves(result: OptimizerTracesResult, x: str = "step") -> go.Figure:
@@ -75,13 +79,54 @@ def loss_curves(result: OptimizerTracesResult, x: str = "step") -> go.Figure:
     return fig
 
 
-def test_accuracy(result: OptimizerTracesResult) -> go.Figure:
+def held_out(result: OptimizerTracesResult) -> go.Figure:
+    """Validation loss (what chooses checkpoints and rates) and test accuracy (chooses nothing) over training."""
     evals = _series(result, result.table("eval"))
+    panels = [(m, t) for m, t in (("val_loss", "validation loss (chooses)"), ("test_accuracy", "test accuracy (reported)"))
+              if m in evals]
+    fig = make_subplots(rows=1, cols=max(len(panels), 1), subplot_titles=[t for _, t in panels] or [""])
+    if not evals.empty:
+        colours = _colours(evals["series"])
+        for i, (metric, _) in enumerate(panels):
+            _band_traces(fig, evals, "step", metric, colours, row=1, col=i + 1, legend=i == 0)
+            fig.update_xaxes(title_text="step", row=1, col=i + 1)
+    fig.update_layout(title=f"Held-out curves<br><sup>{_seeds_note(result)}</sup>", legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def comparison(result: OptimizerTracesResult) -> go.Figure | None:
+    """Test loss at the best-validation checkpoint, each optimizer at its chosen rate, with its interval."""
+    table = result.compare()
+    if table.empty:
+        return None
+    colours = _colours(table["name"])
     fig = go.Figure()
-    if not evals.empty and "test_accuracy" in evals:
-        _band_traces(fig, evals, "step", "test_accuracy", _colours(evals["series"]))
-    fig.update_layout(title=f"Held-out accuracy<br><sup>{_seeds_note(result)}</sup>", xaxis_title="step",
-                      yaxis_title="test accuracy", legend=dict(orientation="h", y=-0.2))
+    for row in table.itertuples(index=False):
+        lo, hi = row.test_loss_at_best_val_lo, row.test_loss_at_best_val_hi
+        has_interval = np.isfinite(lo) and np.isfinite(hi)
+        fig.add_trace(go.Scatter(
+            x=[row.test_loss_at_best_val], y=[row.name], mode="markers", marker=dict(size=11, color=colours[row.name]),
+            name=row.name, showlegend=False,
+            error_x=dict(type="data", symmetric=False, array=[hi - row.test_loss_at_best_val],
+                         arrayminus=[row.test_loss_at_best_val - lo]) if has_interval else None,
+            hovertemplate=(f"{row.name}<br>lr={row.lr:.3g} (chosen on validation from {row.lr_grid})<br>"
+                           f"test loss at best val %{{x:.4g}}"
+                           + (f" [{lo:.4g}, {hi:.4g}]" if has_interval else "")
+                           + f"<br>test accuracy {row.test_acc_at_best_val:.4f}<br>{row.seeds} seed(s)<extra></extra>")))
+    adamw = table.loc[table["optimizer"] == "adamw", "test_loss_at_best_val"]
+    if len(adamw):
+        fig.add_vline(x=float(adamw.iloc[0]), line_dash="dot", line_color="#888",
+                      annotation_text="AdamW", annotation_position="top")
+    seeds = int(table["seeds"].max())
+    sp = result.splits
+    splits = (f"validation: {sp['val']:,} {sp.get('unit', '')} from the {sp.get('val_from', 'training data')}; "
+              f"test: {sp['test']:,} {sp.get('unit', '')}, chooses nothing" if {"val", "test"} <= set(sp)
+              else "test split chooses nothing")
+    fig.update_layout(
+        title=(f"Test loss at each run's best-validation checkpoint, at the rate chosen on validation<br>"
+               f"<sup>mean and {INTERVAL:.0%} t-interval over {seeds} seed(s); {splits}</sup>"),
+        xaxis_title="test loss at best validation", yaxis=dict(autorange="reversed"),
+        height=160 + 38 * len(table), margin=dict(t=90))
     return fig
 
 
@@ -146,25 +191,38 @@ def time_breakdown(result: OptimizerTracesResult) -> go.Figure:
 
 
 def lr_sweep(result: OptimizerTracesResult) -> go.Figure | None:
-    """Final held-out loss against learning rate, when some optimizer ran at several."""
-    runs = result.runs()
-    if runs.empty or "final_test_loss" not in runs or runs.groupby("optimizer")["lr"].nunique().max() < 2:
+    """Best validation loss against learning rate (the choice), when some optimizer ran at several rates.
+
+    Mean over seeds with bars from the lowest to the highest seed (the log axis cannot show a t-interval
+    of two seeds, which often reaches below zero); the chosen rate of each optimizer is a star.
+    """
+    sweep = result.sweep()
+    if sweep.empty or sweep.groupby(["scope", "optimizer"])["lr"].nunique().max() < 2:
         return None
     fig = go.Figure()
-    colours = _colours(runs["label"])
-    for label, g in runs.groupby("label", sort=False):
-        stats = g.groupby("lr")["final_test_loss"].agg(["mean", "min", "max"]).reset_index()
-        fig.add_trace(go.Scatter(x=stats["lr"], y=stats["mean"], mode="lines+markers", name=str(label),
-                                 line_color=colours[label],
-                                 error_y=dict(type="data", symmetric=False, array=stats["max"] - stats["mean"],
-                                              arrayminus=stats["mean"] - stats["min"])))
-    fig.update_layout(title="Learning-rate sweep: final held-out loss", xaxis_title="learning rate",
-                      yaxis_title="final test loss", xaxis_type="log", yaxis_type="log")
+    colours = _colours(sweep["name"])
+    for name, g in sweep.groupby("name", sort=False):
+        g = g.sort_values("lr")
+        lo = (g["best_val_loss"] - g["best_val_loss_min"]).fillna(0)
+        hi = (g["best_val_loss_max"] - g["best_val_loss"]).fillna(0)
+        fig.add_trace(go.Scatter(x=g["lr"], y=g["best_val_loss"], mode="lines+markers", name=str(name), legendgroup=name,
+                                 line_color=colours[name],
+                                 error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
+                                 hovertemplate=f"{name}<br>lr=%{{x:.3g}}<br>best validation loss %{{y:.4g}}<extra></extra>"))
+        pick = g[g["chosen"].astype(bool)]
+        fig.add_trace(go.Scatter(x=pick["lr"], y=pick["best_val_loss"], mode="markers", showlegend=False,
+                                 legendgroup=name, marker=dict(symbol="star", size=15, color=colours[name],
+                                                               line=dict(width=1, color="black")),
+                                 hovertemplate=f"{name}: chosen lr=%{{x:.3g}}<extra></extra>"))
+    seeds = int(sweep["seeds"].max())
+    fig.update_layout(title=(f"Learning-rate sweep on the validation split (star: the chosen rate)<br>"
+                             f"<sup>best validation loss per run; mean over {seeds} seed(s), bars min to max</sup>"),
+                      xaxis_title="learning rate", yaxis_title="best validation loss", xaxis_type="log", yaxis_type="log")
     return fig
 
 
 def figures(result: OptimizerTracesResult) -> list[go.Figure]:
-    figs = [loss_curves(result, "step"), loss_curves(result, "train_s"), test_accuracy(result),
-            update_geometry(result), per_layer(result), weight_alpha(result), time_breakdown(result)]
-    sweep = lr_sweep(result)
-    return figs + ([sweep] if sweep is not None else [])
+    """Every chart of the result, the comparison and the sweep first when there are any."""
+    head = [f for f in (comparison(result), lr_sweep(result)) if f is not None]
+    return head + [loss_curves(result, "step"), loss_curves(result, "train_s"), held_out(result),
+                   update_geometry(result), per_layer(result), weight_alpha(result), time_breakdown(result)]

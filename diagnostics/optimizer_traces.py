@@ -1,18 +1,30 @@
 """Optimizer traces: train built-in benchmarks with several optimizers, seeds and learning rates,
-recording the geometry of every update (see :mod:`diagnostics.trace_recorder`).
+recording the geometry of every update (see :mod:`diagnostics.trace_recorder`), and compare the
+optimizers under one protocol that never selects on the test split.
 
-Benchmarks (both run on a 2-core CPU in seconds per run):
+Benchmarks (both run on a 2-core CPU in seconds per run); each has a train, a validation and a
+test split, the validation split carved from the training data with ``split_seed``:
 
-- ``digits``: a 64-256-256-10 ReLU MLP on scikit-learn's 8x8 digits (1,797 images), standardised
-  with the training split's mean and deviation, 25 % held out (stratified, fixed split).
+- ``digits``: a 64-256-256-10 ReLU MLP on scikit-learn's 8x8 digits (1,797 images). 25 % are the
+  test split (stratified, fixed: it defines the benchmark); ``val_fraction`` of the rest (stratified)
+  is the validation split; inputs are standardised with the remaining training images' statistics.
 - ``chars``: a two-block character-level transformer (width 64, 4 heads, separate q/k/v/o and
   a 4x MLP, pre-norm) on the English text of Python's own documentation topics
-  (``pydoc_data.topics``, shipped with CPython); the last 10 % of the text is held out.
+  (``pydoc_data.topics``, shipped with CPython); the last 10 % of the text is the test split and a
+  contiguous block of ``val_fraction`` of the rest, at a seeded offset, the validation split.
 
-A run's routing (:func:`diagnostics.optimizers.route`) sends hidden matrices to the matrix
-optimizer and the rest to AdamW; ``scope="hidden_only"`` also keeps the digits MLP's first layer
-(fed raw pixels) on AdamW. All runs with one seed start from the same initial weights and see
-the same batches.
+Protocol. A run's routing (:func:`diagnostics.optimizers.route`) sends hidden matrices to the
+matrix optimizer and the rest to AdamW; the default scope ``hidden_only`` also keeps the first
+layer (fed raw pixels) on AdamW, as the Muon authors advise, and ``scopes`` may list both scopes
+to run them side by side (element-wise optimizers run once, they have no scope). Every optimizer
+runs at each multiple in ``lr_scales`` of its rate, with ``seeds`` seeds; all runs with one seed
+start from the same initial weights and see the same batches. Each run is evaluated every
+``eval_every`` steps on both held-out splits; its checkpoint is the one of lowest validation loss
+(``best_val_loss``), and the test metrics are read there (``test_loss_at_best_val``,
+``test_acc_at_best_val``). Each optimizer (and scope) is reported at the rate of lowest mean
+``best_val_loss`` over seeds (:func:`choose_rates`), with the mean and a Student-t interval over
+seeds of its test metrics (:meth:`OptimizerTracesResult.compare`). Nothing is chosen on test:
+the functions that choose see only validation columns.
 """
 
 from __future__ import annotations
@@ -29,34 +41,40 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy import stats
 from torch import nn
 
 from diagnostics import optimizers
 from diagnostics.result import Result
 from diagnostics.threads import single_thread
-from diagnostics.trace_recorder import TraceRecorder
+from diagnostics.trace_recorder import TraceRecorder, upgrade_records
 from models.errors import OrthoscopeError
 
 DEFAULTS = {
     "bench": "digits",
     "optimizers": ["adamw", "muon", "normuon", "auon", "root", "aro"],
-    "lr_scales": [1.0],
+    # Four rates on a factor-2 log grid around each optimizer's default rate.
+    "lr_scales": [0.25, 0.5, 1.0, 2.0],
     "lrs": {},
-    "seeds": 3,
-    "steps": 500,
-    "scope": "all_but_head",
+    "seeds": 2,
+    "steps": 300,
+    "scopes": ["hidden_only"],
     "decay": "none",
     # The recorder's default intervals keep its cost under 10 % of a digits AdamW step (the
     # cheapest step here; see bench/optimizer_overhead.py); the page and CLI can ask for more.
     "every": 50,
     "alpha_every": 250,
-    "eval_every": 50,
+    "eval_every": 25,
+    "val_fraction": 0.2,
+    "split_seed": 0,
     "adamw_lr": 1e-3,
     "weight_decay": 0.0,
 }
 DECAYS = ("none", "linear", "cosine")
 MAX_STEPS = 20000
 MAX_RUNS = 200
+# Coverage of the intervals over seeds in the comparison table.
+INTERVAL = 0.95
 # Training seeds torch's global generator and sets the process's thread count: comparisons started
 # from several dashboard sessions run one after the other, never interleaved.
 _RUN_LOCK = threading.Lock()
@@ -66,15 +84,25 @@ _RUN_LOCK = threading.Lock()
 
 @dataclass
 class Benchmark:
+    """A model, its training batches and its two held-out splits.
+
+    ``evaluate_val`` and ``evaluate_test`` score a model on one split each (``val_loss`` /
+    ``val_accuracy``, ``test_loss`` / ``test_accuracy``). ``split_index`` gives the members of each
+    split (image indices, or character positions) so that their disjointness can be checked.
+    """
+
     name: str
     description: str
     head: tuple[str, ...]
     input_layers: tuple[str, ...]
     build_model: Callable[[], nn.Module]
     batches: Callable[[torch.Generator], Iterator[tuple[torch.Tensor, torch.Tensor]]]
-    evaluate: Callable[[nn.Module], dict]
+    evaluate_val: Callable[[nn.Module], dict]
+    evaluate_test: Callable[[nn.Module], dict]
     loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
     data_digest: str
+    splits: dict
+    split_index: Callable[[], dict[str, np.ndarray]]
 
 
 def _digest(*arrays) -> str:
@@ -84,17 +112,35 @@ def _digest(*arrays) -> str:
     return h.hexdigest()[:16]
 
 
-def _digits() -> Benchmark:
+def _scorer(X: torch.Tensor, y: torch.Tensor, split: str) -> Callable[[nn.Module], dict]:
+    @torch.no_grad()
+    def score(model: nn.Module) -> dict:
+        logits = model(X)
+        if logits.ndim == 3:
+            logits, target = logits.flatten(0, 1), y.flatten()
+        else:
+            target = y
+        return {f"{split}_loss": float(F.cross_entropy(logits, target)),
+                f"{split}_accuracy": float((logits.argmax(1) == target).float().mean())}
+    return score
+
+
+def _digits(val_fraction: float = DEFAULTS["val_fraction"], split_seed: int = DEFAULTS["split_seed"]) -> Benchmark:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     X, y = load_digits(return_X_y=True)
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
-    mean, std = X_train.mean(0), X_train.std(0)
+    index = np.arange(len(y))
+    # The test split is the benchmark's and never moves; the validation split comes out of the rest.
+    rest, test = train_test_split(index, test_size=0.25, stratify=y, random_state=0)
+    train, val = train_test_split(rest, test_size=val_fraction, stratify=y[rest], random_state=split_seed)
+    mean, std = X[train].mean(0), X[train].std(0)
     std[std == 0] = 1.0  # always-blank border pixels
-    Xtr = torch.tensor((X_train - mean) / std, dtype=torch.float32)
-    Xte = torch.tensor((X_test - mean) / std, dtype=torch.float32)
-    ytr, yte = torch.tensor(y_train), torch.tensor(y_test)
+
+    def tensors(ids):
+        return torch.tensor((X[ids] - mean) / std, dtype=torch.float32), torch.tensor(y[ids])
+
+    (Xtr, ytr), (Xva, yva), (Xte, yte) = tensors(train), tensors(val), tensors(test)
     batch = 128
 
     def build() -> nn.Module:
@@ -110,15 +156,14 @@ def _digits() -> Benchmark:
     def loss(model, x, y):
         return F.cross_entropy(model(x), y)
 
-    @torch.no_grad()
-    def evaluate(model):
-        logits = model(Xte)
-        return {"test_loss": float(F.cross_entropy(logits, yte)),
-                "test_accuracy": float((logits.argmax(1) == yte).float().mean())}
-
-    return Benchmark("digits", "64-256-256-10 MLP on scikit-learn digits (1,347 train / 450 test, standardised)",
-                     head=("4",), input_layers=("0",), build_model=build, batches=batches, evaluate=evaluate,
-                     loss=loss, data_digest=_digest(X, y))
+    splits = {"train": len(train), "val": len(val), "test": len(test), "unit": "images",
+              "val_from": "training data", "val_fraction": val_fraction, "split_seed": split_seed}
+    return Benchmark("digits", f"64-256-256-10 MLP on scikit-learn digits ({len(train):,} train / {len(val):,} "
+                     f"validation / {len(test):,} test images, standardised)",
+                     head=("4",), input_layers=("0",), build_model=build, batches=batches,
+                     evaluate_val=_scorer(Xva, yva, "val"), evaluate_test=_scorer(Xte, yte, "test"), loss=loss,
+                     data_digest=_digest(X, y), splits=splits,
+                     split_index=lambda: {"train": train, "val": val, "test": test})
 
 
 class CharTransformer(nn.Module):
@@ -152,60 +197,83 @@ class CharTransformer(nn.Module):
         return self.head(self.ln(x))
 
 
-def _chars() -> Benchmark:
+def _windows(data: torch.Tensor, lo: int, hi: int, context: int, count: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` evenly spaced windows of ``data[lo:hi]``, inputs and next-character targets."""
+    starts = torch.linspace(lo, hi - context - 1, count).long()
+    return (torch.stack([data[s:s + context] for s in starts.tolist()]),
+            torch.stack([data[s + 1:s + context + 1] for s in starts.tolist()]))
+
+
+def _chars(val_fraction: float = DEFAULTS["val_fraction"], split_seed: int = DEFAULTS["split_seed"]) -> Benchmark:
     import pydoc_data.topics
 
     text = "\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))
     vocab = sorted(set(text))
     index = {c: i for i, c in enumerate(vocab)}
     data = torch.tensor([index[c] for c in text], dtype=torch.long)
-    cut = int(0.9 * len(data))
-    train, test = data[:cut], data[cut:]
     context, batch = 64, 32
-    # A fixed held-out set of windows, so every run is scored on the same characters.
-    starts = torch.arange(0, len(test) - context - 1, (len(test) - context - 1) // 64)[:64]
-    Xte = torch.stack([test[s:s + context] for s in starts])
-    Yte = torch.stack([test[s + 1:s + context + 1] for s in starts])
+    cut = int(0.9 * len(data))
+    # A contiguous validation block (neighbouring characters are not independent) at a seeded offset.
+    n_val = max(int(val_fraction * cut), 4 * context)
+    rng = np.random.default_rng(split_seed)
+    v0 = int(rng.integers(0, cut - n_val + 1))
+    v1 = v0 + n_val
+    Xva, Yva = _windows(data, v0, v1, context)
+    Xte, Yte = _windows(data, cut, len(data), context)
+    # Training windows lie wholly before or wholly after the validation block.
+    n_before, n_after = max(v0 - context, 0), max(cut - v1 - context, 0)
 
     def build() -> nn.Module:
         return CharTransformer(len(vocab), context)
 
     def batches(gen: torch.Generator):
         while True:
-            s = torch.randint(0, len(train) - context - 1, (batch,), generator=gen)
-            yield (torch.stack([train[i:i + context] for i in s.tolist()]),
-                   torch.stack([train[i + 1:i + context + 1] for i in s.tolist()]))
+            u = torch.randint(0, n_before + n_after, (batch,), generator=gen)
+            s = torch.where(u < n_before, u, v1 + (u - n_before)).tolist()
+            yield (torch.stack([data[i:i + context] for i in s]), torch.stack([data[i + 1:i + context + 1] for i in s]))
 
     def loss(model, x, y):
         return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
 
-    @torch.no_grad()
-    def evaluate(model):
-        logits = model(Xte).flatten(0, 1)
-        y = Yte.flatten()
-        return {"test_loss": float(F.cross_entropy(logits, y)),
-                "test_accuracy": float((logits.argmax(1) == y).float().mean())}
+    def split_index():
+        return {"train": np.r_[np.arange(0, v0), np.arange(v1, cut)], "val": np.arange(v0, v1),
+                "test": np.arange(cut, len(data))}
 
+    splits = {"train": cut - n_val, "val": n_val, "test": len(data) - cut, "unit": "characters",
+              "val_from": "training text", "val_fraction": val_fraction, "split_seed": split_seed,
+              "eval_windows": 64}
     return Benchmark("chars", f"character transformer (2 blocks, width 64, {len(vocab)} symbols) on Python's "
-                     f"documentation topics ({len(text):,} characters, last 10 % held out)",
-                     head=("head",), input_layers=(), build_model=build, batches=batches, evaluate=evaluate,
-                     loss=loss, data_digest=hashlib.sha256(text.encode()).hexdigest()[:16])
+                     f"documentation topics ({len(text):,} characters: last 10 % test, a block of "
+                     f"{val_fraction:.0%} of the rest validation)",
+                     head=("head",), input_layers=(), build_model=build, batches=batches,
+                     evaluate_val=_scorer(Xva, Yva, "val"), evaluate_test=_scorer(Xte, Yte, "test"), loss=loss,
+                     data_digest=hashlib.sha256(text.encode()).hexdigest()[:16], splits=splits,
+                     split_index=split_index)
 
 
-BENCHMARKS: dict[str, Callable[[], Benchmark]] = {"digits": _digits, "chars": _chars}
+BENCHMARKS: dict[str, Callable[..., Benchmark]] = {"digits": _digits, "chars": _chars}
 
 
-def benchmark(name: str) -> Benchmark:
+def benchmark(name: str, val_fraction: float = DEFAULTS["val_fraction"],
+              split_seed: int = DEFAULTS["split_seed"]) -> Benchmark:
     try:
-        return BENCHMARKS[name]()
+        build = BENCHMARKS[name]
     except KeyError:
         raise OrthoscopeError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}.") from None
+    return build(val_fraction, split_seed)
 
 
 # --- parameters ----------------------------------------------------------------------------------
 
 def check_params(params: dict) -> dict:
-    """Defaults filled in and every value checked, with messages written for the user."""
+    """Defaults filled in and every value checked, with messages written for the user.
+
+    A single ``scope`` (the earlier parameter) is read as ``scopes=[scope]``.
+    """
+    params = dict(params)
+    if "scope" in params:
+        legacy = params.pop("scope")
+        params.setdefault("scopes", [legacy] if isinstance(legacy, str) else legacy)
     p = {**DEFAULTS, **params}
     if p["bench"] not in BENCHMARKS:
         raise OrthoscopeError(f"unknown benchmark {p['bench']!r}; choose from {', '.join(BENCHMARKS)}.")
@@ -223,18 +291,27 @@ def check_params(params: dict) -> dict:
     if any(not (v > 0 and math.isfinite(v)) for v in p["lrs"].values()):
         raise OrthoscopeError("learning rates must be positive numbers.")
     for key, low, high in (("seeds", 1, 20), ("steps", 1, MAX_STEPS), ("every", 1, MAX_STEPS),
-                           ("alpha_every", 1, MAX_STEPS), ("eval_every", 1, MAX_STEPS)):
-        if not isinstance(p[key], int) or not low <= p[key] <= high:
+                           ("alpha_every", 1, MAX_STEPS), ("eval_every", 1, MAX_STEPS), ("split_seed", 0, 2**31 - 1)):
+        if isinstance(p[key], bool) or not isinstance(p[key], int) or not low <= p[key] <= high:
             raise OrthoscopeError(f"{key} must be a whole number from {low} to {high}, got {p[key]!r}.")
-    if p["scope"] not in optimizers.SCOPES:
-        raise OrthoscopeError(f"unknown scope {p['scope']!r}; use one of {', '.join(optimizers.SCOPES)}.")
+    if isinstance(p["val_fraction"], bool) or not isinstance(p["val_fraction"], (int, float)) \
+            or not 0.05 <= p["val_fraction"] <= 0.5:
+        raise OrthoscopeError(f"val_fraction (the share of the training data held out for validation) must lie "
+                              f"between 0.05 and 0.5, got {p['val_fraction']!r}.")
+    if isinstance(p["scopes"], str) or not p["scopes"]:
+        raise OrthoscopeError(f"choose at least one scope from {', '.join(optimizers.SCOPES)}.")
+    bad_scopes = [s for s in p["scopes"] if s not in optimizers.SCOPES]
+    if bad_scopes:
+        raise OrthoscopeError(f"unknown scope {', '.join(map(repr, bad_scopes))}; use one of {', '.join(optimizers.SCOPES)}.")
     if p["decay"] not in DECAYS:
         raise OrthoscopeError(f"unknown lr decay {p['decay']!r}; use one of {', '.join(DECAYS)}.")
     p["optimizers"] = list(dict.fromkeys(p["optimizers"]))
+    p["scopes"] = list(dict.fromkeys(p["scopes"]))
     p["lr_scales"] = list(dict.fromkeys(float(s) for s in p["lr_scales"]))
-    runs = len(p["optimizers"]) * len(p["lr_scales"]) * p["seeds"]
+    p["val_fraction"] = float(p["val_fraction"])
+    runs = len(plan(p))
     if runs > MAX_RUNS:
-        raise OrthoscopeError(f"{runs} runs requested; at most {MAX_RUNS} (optimizers x lr scales x seeds).")
+        raise OrthoscopeError(f"{runs} runs requested; at most {MAX_RUNS} (optimizers x scopes x lr scales x seeds).")
     ids = [r["run_id"] for r in plan(p)]
     if len(set(ids)) < len(ids):
         raise OrthoscopeError("two learning-rate scales give the same rate to 6 digits; give distinct scales.")
@@ -242,14 +319,20 @@ def check_params(params: dict) -> dict:
 
 
 def plan(params: dict) -> list[dict]:
-    """One entry per run: optimizer, learning rate and seed."""
+    """One entry per run: optimizer, scope ("" for element-wise optimizers, which take every
+    parameter), learning rate and seed."""
     runs = []
     for name in params["optimizers"]:
         base = params["lrs"].get(name, optimizers.default_lr(name))
-        for scale in params["lr_scales"]:
-            for seed in range(params["seeds"]):
-                runs.append({"run_id": f"{name}|lr={base * scale:.6g}|seed={seed}", "optimizer": name,
-                             "label": optimizers.label_of(name), "lr": base * scale, "lr_scale": scale, "seed": seed})
+        scopes = [""] if name in optimizers.ELEMENTWISE else params["scopes"]
+        for scope in scopes:
+            for scale in params["lr_scales"]:
+                for seed in range(params["seeds"]):
+                    lr = base * scale
+                    where = f"|scope={scope}" if scope else ""
+                    runs.append({"run_id": f"{name}{where}|lr={lr:.6g}|seed={seed}", "optimizer": name,
+                                 "label": optimizers.label_of(name), "scope": scope, "lr": lr, "lr_scale": scale,
+                                 "seed": seed})
     return runs
 
 
@@ -261,26 +344,90 @@ def _schedule(decay: str, steps: int) -> Callable[[int], float]:
     return lambda t: 1.0
 
 
+# --- selection: validation only ------------------------------------------------------------------
+
+def best_val_checkpoint(val_losses: list[float]) -> int | None:
+    """Index of the evaluation with the lowest validation loss (the first, on ties); None if none is finite."""
+    finite = [(v, i) for i, v in enumerate(val_losses) if v is not None and math.isfinite(v)]
+    return min(finite)[1] if finite else None
+
+
+# The only columns the choice of rate sees.
+SELECTION_COLUMNS = ["scope", "optimizer", "lr", "seed", "best_val_loss", "diverged"]
+
+
+def choose_rates(val: pd.DataFrame) -> pd.DataFrame:
+    """Per (scope, optimizer), the learning rate of lowest mean ``best_val_loss`` over seeds.
+
+    ``val`` holds :data:`SELECTION_COLUMNS` only (any other column is refused, so no test metric can
+    take part). A rate at which some seed diverged, or some seed has no validation loss, ranks
+    after every rate at which none did. Returns ``scope, optimizer, lr, mean_best_val_loss, seeds,
+    diverged, n_rates``.
+    """
+    extra = set(val.columns) - set(SELECTION_COLUMNS)
+    if extra:
+        raise ValueError(f"choose_rates takes validation columns only; got {sorted(extra)}")
+    out_columns = ["scope", "optimizer", "lr", "mean_best_val_loss", "seeds", "diverged", "n_rates"]
+    if val.empty or val["best_val_loss"].isna().all():
+        return pd.DataFrame(columns=out_columns)
+    frame = val.assign(diverged=val["diverged"].fillna(False).astype(bool), scope=val["scope"].fillna(""))
+    per_rate = frame.groupby(["scope", "optimizer", "lr"], sort=False).agg(
+        mean_best_val_loss=("best_val_loss", "mean"), seeds=("seed", "nunique"),
+        diverged=("diverged", "sum"), missing=("best_val_loss", lambda v: int(v.isna().sum()))).reset_index()
+    per_rate["penalty"] = ((per_rate["diverged"] > 0) | (per_rate["missing"] > 0)).astype(int)
+    per_rate["key"] = per_rate["mean_best_val_loss"].fillna(math.inf)
+    rows = []
+    for (scope, name), g in per_rate.groupby(["scope", "optimizer"], sort=False):
+        best = g.sort_values(["penalty", "key", "lr"], kind="stable").iloc[0]
+        rows.append({"scope": scope, "optimizer": name, "lr": float(best["lr"]),
+                     "mean_best_val_loss": float(best["mean_best_val_loss"]), "seeds": int(best["seeds"]),
+                     "diverged": int(best["diverged"]), "n_rates": len(g)})
+    return pd.DataFrame(rows, columns=out_columns)
+
+
+def mean_interval(values, level: float = INTERVAL) -> tuple[float, float, float]:
+    """Mean and Student-t interval ``mean -+ t_{(1+level)/2, n-1} s / sqrt(n)`` over the finite values
+    (NaN bounds for fewer than two)."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(v.mean())
+    if v.size < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf((1 + level) / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return mean, mean - half, mean + half
+
+
+SCOPE_TAGS = {"hidden_only": "hidden-only", "all_but_head": "all-but-head", "": ""}
+
+
 # --- one run ---------------------------------------------------------------------------------------
+
+def tracked_matrices(bench: Benchmark, model: nn.Module, scopes: list[str]) -> list[str]:
+    """The matrices every run of a comparison tracks: those a matrix optimizer takes in any of its
+    scopes, so that all optimizers' update geometry is measured on the same matrices."""
+    names: dict[str, None] = {}
+    for scope in scopes:
+        for r in optimizers.route(model, "muon", scope=scope, head=bench.head, input_layers=bench.input_layers):
+            if r.optimizer == "muon":
+                names[r.name] = None
+    return list(names)
+
 
 def train_run(bench: Benchmark, run: dict, params: dict, sink: Callable[[dict], None],
               progress: Callable[[int], None] | None = None) -> tuple[dict, list[optimizers.Route]]:
     """Train one run, streaming its records to ``sink``; returns its summary row and routing."""
     torch.manual_seed(run["seed"])
     model = bench.build_model()
+    scope = run.get("scope") or params["scopes"][0]
     opt, routes = optimizers.build(run["optimizer"], model, lr=run["lr"], adamw_lr=params["adamw_lr"],
-                                   weight_decay=params["weight_decay"], scope=params["scope"],
+                                   weight_decay=params["weight_decay"], scope=scope,
                                    head=bench.head, input_layers=bench.input_layers)
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(params["decay"], params["steps"]))
-    header = {**run, "bench": bench.name, "scope": params["scope"], "decay": params["decay"],
-              "adamw_lr": params["adamw_lr"], "weight_decay": params["weight_decay"],
-              "routes": [r.__dict__ for r in routes]}
-    # Every run tracks the same matrices, the ones a matrix optimizer takes in this scope, so that
-    # the geometry of AdamW's and SGD's updates is compared on equal terms.
-    matrices = [r.name for r in optimizers.route(model, "muon", scope=params["scope"], head=bench.head,
-                                                 input_layers=bench.input_layers) if r.optimizer == "muon"]
+    header = {**run, "bench": bench.name, "decay": params["decay"], "adamw_lr": params["adamw_lr"],
+              "weight_decay": params["weight_decay"], "splits": bench.splits, "routes": [r.__dict__ for r in routes]}
     rec = TraceRecorder(model, opt, run=header, every=params["every"], alpha_every=params["alpha_every"],
-                        matrices=matrices, sink=sink, run_id=run["run_id"])
+                        matrices=tracked_matrices(bench, model, params["scopes"]), sink=sink, run_id=run["run_id"])
     gen = torch.Generator().manual_seed(1000 + run["seed"])
     batches = bench.batches(gen)
     evals, diverged = [], False
@@ -300,10 +447,10 @@ def train_run(bench: Benchmark, run: dict, params: dict, sink: Callable[[dict], 
                 break
             if t % params["eval_every"] == 0 or t == params["steps"]:
                 model.eval()
-                scores = bench.evaluate(model)
+                scores = {"step": t, **bench.evaluate_val(model), **bench.evaluate_test(model)}
                 model.train()
                 evals.append(scores)
-                rec.log("eval", **scores)
+                rec.log("eval", **{k: v for k, v in scores.items() if k != "step"})
             if progress:
                 progress(t)
         if rec.step % params["alpha_every"]:
@@ -313,14 +460,19 @@ def train_run(bench: Benchmark, run: dict, params: dict, sink: Callable[[dict], 
     steps = [r for r in rec.records if r["type"] == "step"]
     per_step = {k: float(np.mean([s["time_ms"].get(k, 0.0) for s in steps])) if steps else math.nan
                 for k in ("forward", "backward", "optimizer", "recorder")}
+    best = best_val_checkpoint([e["val_loss"] for e in evals])
+    # A diverged run has no final model to score; its best-validation checkpoint came before.
+    last = evals[-1] if evals and not diverged else {}
+    at_best = evals[best] if best is not None else {}
     summary = {
         "type": "summary", "run_id": run["run_id"], "optimizer": run["optimizer"], "label": run["label"],
-        "lr": run["lr"], "lr_scale": run["lr_scale"], "seed": run["seed"], "steps_done": rec.step,
-        "diverged": diverged,
-        "final_test_loss": evals[-1]["test_loss"] if evals else math.nan,
-        "final_test_accuracy": evals[-1]["test_accuracy"] if evals else math.nan,
-        "best_test_loss": min((e["test_loss"] for e in evals), default=math.nan),
-        "best_test_accuracy": max((e["test_accuracy"] for e in evals), default=math.nan),
+        "scope": run.get("scope", ""), "lr": run["lr"], "lr_scale": run["lr_scale"], "seed": run["seed"],
+        "steps_done": rec.step, "diverged": diverged,
+        "best_val_loss": at_best.get("val_loss", math.nan), "best_val_step": at_best.get("step"),
+        "test_loss_at_best_val": at_best.get("test_loss", math.nan),
+        "test_acc_at_best_val": at_best.get("test_accuracy", math.nan),
+        "final_val_loss": last.get("val_loss", math.nan), "final_val_accuracy": last.get("val_accuracy", math.nan),
+        "final_test_loss": last.get("test_loss", math.nan), "final_test_accuracy": last.get("test_accuracy", math.nan),
         "final_train_loss": steps[-1]["loss"] if steps else math.nan,
         "ms_per_step": per_step["forward"] + per_step["backward"] + per_step["optimizer"],
         **{f"ms_{k}": v for k, v in per_step.items()},
@@ -331,20 +483,29 @@ def train_run(bench: Benchmark, run: dict, params: dict, sink: Callable[[dict], 
 
 # --- the result ----------------------------------------------------------------------------------
 
-RUN_COLUMNS = ["optimizer", "label", "lr", "lr_scale", "seed", "steps_done", "diverged", "final_test_loss",
-               "final_test_accuracy", "best_test_loss", "best_test_accuracy", "final_train_loss",
+RUN_COLUMNS = ["optimizer", "label", "scope", "lr", "lr_scale", "seed", "steps_done", "diverged", "best_val_loss",
+               "best_val_step", "test_loss_at_best_val", "test_acc_at_best_val", "final_val_loss",
+               "final_val_accuracy", "final_test_loss", "final_test_accuracy", "final_train_loss",
                "ms_per_step", "ms_forward", "ms_backward", "ms_optimizer", "ms_recorder", "run_id"]
+# The comparison's reported metrics, each as mean, lo and hi over seeds.
+REPORTED = ("test_loss_at_best_val", "test_acc_at_best_val", "final_test_loss", "final_test_accuracy")
 
 
 @dataclass
 class OptimizerTracesResult(Result):
-    """Runs, their summaries and every trace record (``records``: the JSONL lines, in order)."""
+    """Runs, their summaries and every trace record (``records``: the JSONL lines, in order).
+
+    ``splits``: sizes of the benchmark's train, validation and test splits and how the validation
+    split was drawn (empty for a loaded trace).
+    """
 
     diagnostic: ClassVar[str] = "optimizer_traces"
     records: list = field(default_factory=list)
     notes: dict = field(default_factory=dict)
+    splits: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        self.records = upgrade_records(self.records)
         # Records do not change after construction; the charts ask for the same tables many times.
         self._memo: dict = {}
 
@@ -369,7 +530,8 @@ class OptimizerTracesResult(Result):
         for run_id, h in self.headers().items():
             run = h.get("run", {})
             row = {"run_id": run_id, "optimizer": run.get("optimizer", run_id), "label": run.get("label", run.get("optimizer", run_id)),
-                   "lr": run.get("lr"), "lr_scale": run.get("lr_scale"), "seed": run.get("seed")}
+                   "scope": run.get("scope", ""), "lr": run.get("lr"), "lr_scale": run.get("lr_scale"),
+                   "seed": run.get("seed")}
             if run_id in summaries:
                 row.update({k: v for k, v in summaries[run_id].items() if k not in ("type",)})
             else:
@@ -377,16 +539,124 @@ class OptimizerTracesResult(Result):
                 evals = [r for r in self._of("eval") if r["run_id"] == run_id]
                 row.update(steps_done=steps[-1]["step"] if steps else 0,
                            final_train_loss=steps[-1]["loss"] if steps else None,
-                           final_test_accuracy=evals[-1].get("test_accuracy") if evals else None,
-                           best_test_accuracy=max((a for e in evals if (a := e.get("test_accuracy")) is not None),
-                                                  default=None))
+                           final_test_accuracy=evals[-1].get("test_accuracy") if evals else None)
+                best = best_val_checkpoint([e.get("val_loss") for e in evals])
+                if best is not None:
+                    row.update(best_val_loss=evals[best]["val_loss"], best_val_step=evals[best]["step"],
+                               test_loss_at_best_val=evals[best].get("test_loss"),
+                               test_acc_at_best_val=evals[best].get("test_accuracy"))
+            row["scope"] = row.get("scope") or ""
             rows.append(row)
         frame = pd.DataFrame(rows)
         return frame.reindex(columns=[c for c in RUN_COLUMNS if c in frame.columns]
                              + [c for c in frame.columns if c not in RUN_COLUMNS])
 
+    # --- the protocol: rates chosen on validation, reported on test ---------------------------
+    def choices(self) -> pd.DataFrame:
+        """Per (scope, optimizer), the rate chosen on validation (:func:`choose_rates`)."""
+        return self._memoised("choices", self._choices)
+
+    def _choices(self) -> pd.DataFrame:
+        runs = self.runs()
+        if "best_val_loss" not in runs:
+            return choose_rates(pd.DataFrame(columns=SELECTION_COLUMNS))
+        val = runs.reindex(columns=SELECTION_COLUMNS)
+        val["best_val_loss"] = pd.to_numeric(val["best_val_loss"], errors="coerce")
+        return choose_rates(val)
+
+    def shown_runs(self) -> list[str]:
+        """The runs at each optimizer's chosen rate (every run when nothing could be chosen)."""
+        runs, chosen = self.runs(), self.choices()
+        if chosen.empty:
+            return list(runs["run_id"])
+        keys = set(zip(chosen["scope"], chosen["optimizer"], chosen["lr"]))
+        return [r for r, s, o, lr in zip(runs["run_id"], runs["scope"], runs["optimizer"], runs["lr"])
+                if (s, o, lr) in keys or not any((s, o) == k[:2] for k in keys)]
+
+    def series(self, run_ids: list[str] | None = None) -> dict[str, str]:
+        """run_id -> display name: the label, with the scope when several ran, with the rate when
+        one (optimizer, scope) shows several."""
+        runs = self.runs()
+        if run_ids is not None:
+            runs = runs[runs["run_id"].isin(run_ids)]
+        several_scopes = runs.loc[runs["scope"] != "", "scope"].nunique() > 1
+        several_rates = runs.groupby(["optimizer", "scope"])["lr"].nunique().gt(1).to_dict()
+        names = {}
+        for run_id, label, name, scope, lr in zip(runs["run_id"], runs["label"], runs["optimizer"], runs["scope"], runs["lr"]):
+            text = str(label)
+            if several_scopes and scope:
+                text += f" · {SCOPE_TAGS.get(scope, scope)}"
+            if several_rates.get((name, scope)) and lr is not None and not pd.isna(lr):
+                text += f" lr={lr:.3g}"
+            names[run_id] = text
+        return names
+
+    def compare(self) -> pd.DataFrame:
+        """One row per (scope, optimizer) at its chosen rate: the headline table.
+
+        ``name, optimizer, label, scope, lr, lr_grid, lr_at_grid_edge, seeds, diverged, best_val_loss``
+        (mean over seeds, what chose the rate), then for each of :data:`REPORTED` its mean, ``_lo`` and ``_hi``
+        (Student-t interval at :data:`INTERVAL` over seeds), and ``test_loss_ratio_to_adamw`` (mean
+        test loss at best validation over AdamW's, when AdamW ran).
+        """
+        return self._memoised("compare", self._compare)
+
+    def _compare(self) -> pd.DataFrame:
+        chosen, runs = self.choices(), self.runs()
+        if chosen.empty:
+            return pd.DataFrame()
+        names = self.series(self.shown_runs())
+        rows = []
+        for c in chosen.itertuples(index=False):
+            group = runs[(runs["scope"] == c.scope) & (runs["optimizer"] == c.optimizer)]
+            at = group[group["lr"] == c.lr]
+            grid = sorted(group["lr"].unique())
+            row = {"name": names.get(at["run_id"].iloc[0], c.optimizer), "optimizer": c.optimizer,
+                   "label": at["label"].iloc[0], "scope": c.scope, "lr": c.lr,
+                   "lr_grid": ", ".join(f"{x:.3g}" for x in grid),
+                   # The best rate may lie beyond the grid: worth a wider sweep before trusting the row.
+                   "lr_at_grid_edge": len(grid) > 1 and c.lr in (grid[0], grid[-1]),
+                   "seeds": int(at["seed"].nunique()), "diverged": int(at["diverged"].fillna(False).astype(bool).sum()),
+                   "best_val_loss": c.mean_best_val_loss}
+            for metric in REPORTED:
+                values = pd.to_numeric(at[metric], errors="coerce") if metric in at else pd.Series(dtype=float)
+                row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = mean_interval(values.tolist())
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        adamw = frame.loc[frame["optimizer"] == "adamw", "test_loss_at_best_val"]
+        frame["test_loss_ratio_to_adamw"] = frame["test_loss_at_best_val"] / adamw.iloc[0] if len(adamw) else math.nan
+        return frame
+
+    def sweep(self) -> pd.DataFrame:
+        """Per (scope, optimizer, rate): mean and interval over seeds of ``best_val_loss`` (what chose
+        the rate; also its min and max over seeds) and of ``test_loss_at_best_val``; ``chosen`` marks
+        the chosen rate."""
+        return self._memoised("sweep", self._sweep)
+
+    def _sweep(self) -> pd.DataFrame:
+        runs, chosen = self.runs(), self.choices()
+        if chosen.empty:
+            return pd.DataFrame()
+        picked = set(zip(chosen["scope"], chosen["optimizer"], chosen["lr"]))
+        shown = self.series(self.shown_runs())
+        # Named as in the comparison: one name per (scope, optimizer), whatever the rate.
+        name_of = {(s, o): shown[r] for r, s, o in zip(runs["run_id"], runs["scope"], runs["optimizer"]) if r in shown}
+        rows = []
+        for (scope, name, lr), g in runs.groupby(["scope", "optimizer", "lr"], sort=False):
+            row = {"name": name_of.get((scope, name), str(g["label"].iloc[0])), "optimizer": name, "label": g["label"].iloc[0], "scope": scope,
+                   "lr": lr, "seeds": int(g["seed"].nunique()),
+                   "diverged": int(g["diverged"].fillna(False).astype(bool).sum()) if "diverged" in g else 0,
+                   "chosen": (scope, name, lr) in picked}
+            for metric in ("best_val_loss", "test_loss_at_best_val"):
+                values = pd.to_numeric(g[metric], errors="coerce").tolist() if metric in g else []
+                row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"] = mean_interval(values)
+            val = pd.to_numeric(g["best_val_loss"], errors="coerce")
+            row["best_val_loss_min"], row["best_val_loss_max"] = val.min(), val.max()
+            rows.append(row)
+        return pd.DataFrame(rows)
+
     def table(self, kind: str) -> pd.DataFrame:
-        """The records of one type, joined with their run's optimizer, label, lr and seed."""
+        """The records of one type, joined with their run's optimizer, label, scope, lr and seed."""
         return self._memoised(kind, lambda: self._table(kind))
 
     def _table(self, kind: str) -> pd.DataFrame:
@@ -397,7 +667,7 @@ class OptimizerTracesResult(Result):
         frame = pd.DataFrame(rows).drop(columns=["type"], errors="ignore")
         if frame.empty:
             return frame
-        meta = self.runs().set_index("run_id")[["optimizer", "label", "lr", "seed"]]
+        meta = self.runs().set_index("run_id")[["optimizer", "label", "scope", "lr", "seed"]]
         return frame.join(meta, on="run_id")
 
     def routes(self) -> pd.DataFrame:
@@ -405,26 +675,33 @@ class OptimizerTracesResult(Result):
         done = set()
         for h in self.headers().values():
             run = h.get("run", {})
-            if run.get("optimizer") in done:
+            key = (run.get("optimizer"), run.get("scope", ""))
+            if key in done:
                 continue
-            done.add(run.get("optimizer"))
+            done.add(key)
             for r in run.get("routes", []):
-                rows.append({"run_optimizer": run.get("label", run.get("optimizer")), **r})
+                rows.append({"run_optimizer": run.get("label", run.get("optimizer")), "scope": run.get("scope", ""), **r})
         return pd.DataFrame(rows)
 
     def to_frame(self) -> pd.DataFrame:
-        return self.runs()
+        """The comparison at the chosen rates when the runs were evaluated on validation; else the runs."""
+        compare = self.compare()
+        return compare if not compare.empty else self.runs()
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        return {"runs": self.runs(), "steps": self.table("step"), "updates": self.table("update"),
-                "alphas": self.table("alpha"), "evals": self.table("eval"), "routes": self.routes()}
+        out = {"compare": self.compare(), "sweep": self.sweep(), "runs": self.runs(), "steps": self.table("step"),
+               "updates": self.table("update"), "alphas": self.table("alpha"), "evals": self.table("eval"),
+               "routes": self.routes()}
+        return {k: v for k, v in out.items() if k not in ("compare", "sweep") or not v.empty}
 
 
 def from_trace(records: list[dict], source: str = "uploaded trace") -> OptimizerTracesResult:
     """A result from a loaded JSONL trace (the dashboard's, or one recorded in a user's loop)."""
     digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
+    splits = next((r.get("run", {}).get("splits") for r in records if r.get("type") == "header"
+                   and isinstance(r.get("run", {}).get("splits"), dict)), {})
     return OptimizerTracesResult(model_name=source, fingerprint=f"trace:{digest}", params={"source": source},
-                                 timings={}, records=records, notes=method_notes())
+                                 timings={}, records=records, notes=method_notes(), splits=splits)
 
 
 def method_notes() -> dict:
@@ -437,11 +714,27 @@ def method_notes() -> dict:
     return out
 
 
+def protocol_text(result: OptimizerTracesResult) -> str:
+    """One paragraph naming the splits and the selection rule, for captions and reports."""
+    sp = result.splits
+    compare = result.compare()
+    if compare.empty:
+        return "No validation split in this trace: runs are shown as recorded, nothing is chosen."
+    seeds = int(compare["seeds"].max())
+    unit = sp.get("unit", "examples")
+    where = (f"validation: {sp['val']:,} {unit} carved from the {sp.get('val_from', 'training data')} "
+             f"(split seed {sp.get('split_seed', 0)}); test: {sp['test']:,} {unit}, used for no choice. "
+             if {"val", "test"} <= set(sp) else "")
+    return (f"Each optimizer at the learning rate of lowest mean best-validation loss over its grid; each run's "
+            f"checkpoint is its best on validation, and the test metrics are read there. {where}"
+            f"Mean and {INTERVAL:.0%} Student-t interval over {seeds} seed{'s' if seeds != 1 else ''}.")
+
+
 def run(params: dict, progress: Callable[[float, str], None] | None = None,
         sink: Callable[[dict], None] | None = None) -> OptimizerTracesResult:
     """Train every planned run of ``params`` (see ``DEFAULTS``) and collect their traces."""
     params = check_params(params)
-    bench = benchmark(params["bench"])
+    bench = benchmark(params["bench"], params["val_fraction"], params["split_seed"])
     runs = plan(params)
     records: list[dict] = []
 
@@ -456,11 +749,14 @@ def run(params: dict, progress: Callable[[float, str], None] | None = None,
         t0 = time.perf_counter()
         total = len(runs) * params["steps"]
         for i, r in enumerate(runs):
-            def tick(t: int, i=i, r=r) -> None:
+            where = f" ({SCOPE_TAGS.get(r['scope'], r['scope'])})" if r["scope"] else ""
+
+            def tick(t: int, i=i, r=r, where=where) -> None:
                 if progress and (t % 10 == 0 or t == params["steps"]):
-                    progress((i * params["steps"] + t) / total, f"run {i + 1}/{len(runs)}: {r['label']} "
+                    progress((i * params["steps"] + t) / total, f"run {i + 1}/{len(runs)}: {r['label']}{where} "
                              f"lr={r['lr']:.3g} seed={r['seed']}, step {t}/{params['steps']}")
             train_run(bench, r, params, keep, tick)
         seconds = time.perf_counter() - t0
     return OptimizerTracesResult(model_name=bench.description, fingerprint=f"{bench.name}:{bench.data_digest}",
-                                 params=params, timings={"total_s": seconds}, records=records, notes=method_notes())
+                                 params=params, timings={"total_s": seconds}, records=records, notes=method_notes(),
+                                 splits=bench.splits)

@@ -37,7 +37,10 @@ from diagnostics.spectra import eigenvalues
 from models.errors import OrthoscopeError
 
 TRACE_FORMAT = "orthoscope-trace"
-TRACE_VERSION = 1
+# Version 2 renamed the update field ``orth_error`` to ``sv_cv`` (the same quantity); version-1
+# traces are still read, with that field renamed on the way in (:func:`upgrade_records`).
+TRACE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 # Singular values below this fraction of the largest are treated as numerically zero in every
 # update metric; the count above it is reported as ``numerical_rank``.
 RANK_RTOL = 1e-3
@@ -45,27 +48,8 @@ RANK_RTOL = 1e-3
 # (or, for AuON, normalised) direction mostly rounding noise.
 MOMENTUM_WARNING_FACTOR = 100.0
 PHASES = ("forward", "backward", "optimizer", "recorder")
-UPDATE_FIELDS = ("rms", "rel_update", "spectral_norm", "orth_error", "effective_rank", "stable_rank",
+UPDATE_FIELDS = ("rms", "rel_update", "spectral_norm", "sv_cv", "effective_rank", "stable_rank",
                  "condition", "numerical_rank", "neuron_cv", "momentum_norm")
-
-
-def power_iteration(M: torch.Tensor, v: torch.Tensor | None = None, iters: int = 6) -> tuple[float, torch.Tensor]:
-    """Largest singular value of ``M`` by power iteration on ``M^T M``, warm-started from ``v``.
-
-    Warm starts make a few iterations enough between consecutive records, whose top right
-    singular vectors move little; the returned vector is the next call's start.
-    """
-    if v is None or v.shape[0] != M.shape[1]:
-        v = torch.randn(M.shape[1], generator=torch.Generator().manual_seed(0), dtype=M.dtype)
-        iters = max(iters, 30)
-    for _ in range(iters):
-        u = M @ v
-        v = M.T @ u
-        norm = v.norm()
-        if norm == 0:
-            return 0.0, v
-        v = v / norm
-    return float((M @ v).norm()), v
 
 
 def singular_values(M: torch.Tensor) -> torch.Tensor:
@@ -84,9 +68,11 @@ def singular_values(M: torch.Tensor) -> torch.Tensor:
 def update_metrics(dW: torch.Tensor, W: torch.Tensor) -> dict:
     """Geometry of an applied update ``dW`` of the matrix ``W`` (both 2-D views), from its singular values.
 
-    With ``s`` the singular values above ``RANK_RTOL * s_max`` (``numerical_rank`` of them):
-    ``orth_error`` = std(s) / mean(s), 0 for an update that is semi-orthogonal on its numerical
-    rank; ``effective_rank`` = exp(entropy of s / sum s) (Roy & Vetterli 2007); ``stable_rank`` =
+    ``spectral_norm`` = s_max, the exact largest singular value. With ``s`` the singular values
+    above ``RANK_RTOL * s_max`` (``numerical_rank`` of them): ``sv_cv`` = std(s) / mean(s), the
+    coefficient of variation of the singular values, 0 for an update that is semi-orthogonal on its
+    numerical rank (the "orthogonality" of an update; not ``||W^T W - I||``, which also measures
+    scale); ``effective_rank`` = exp(entropy of s / sum s) (Roy & Vetterli 2007); ``stable_rank`` =
     sum s^2 / s_max^2; ``condition`` = s_max / s_min. ``rms`` = ||dW||_F / sqrt(size);
     ``rel_update`` = ||dW||_F / ||W||_F with W before the step; ``neuron_cv`` = coefficient of
     variation of the row (output neuron) norms of dW.
@@ -96,14 +82,15 @@ def update_metrics(dW: torch.Tensor, W: torch.Tensor) -> dict:
     out = {"rms": fro / math.sqrt(M.numel()), "rel_update": fro / max(float(W.double().norm()), 1e-300)}
     s = singular_values(M) if torch.isfinite(M).all() else torch.zeros(0)
     if s.numel() == 0 or s[0] <= 0:
-        out.update(orth_error=math.nan, effective_rank=0.0, stable_rank=0.0, condition=math.nan,
-                   numerical_rank=0, neuron_cv=math.nan)
+        out.update(spectral_norm=float(s[0]) if s.numel() else math.nan, sv_cv=math.nan, effective_rank=0.0,
+                   stable_rank=0.0, condition=math.nan, numerical_rank=0, neuron_cv=math.nan)
         return out
     kept = s[s > RANK_RTOL * s[0]]
     p = kept / kept.sum()
     rows = M.norm(dim=1)
     out.update(
-        orth_error=float(kept.std(unbiased=False) / kept.mean()),
+        spectral_norm=float(s[0]),
+        sv_cv=float(kept.std(unbiased=False) / kept.mean()),
         effective_rank=float(torch.exp(-(p * p.log()).sum())),
         stable_rank=float((kept ** 2).sum() / kept[0] ** 2),
         condition=float(kept[0] / kept[-1]),
@@ -123,6 +110,9 @@ def weight_alpha(W: torch.Tensor) -> dict:
 
 
 def _momentum_norm(state: dict) -> float:
+    """Frobenius norm of the optimizer's momentum in its own convention: the EMA ``lerp(B, g, 1 - mu)``
+    for this project's matrix optimizers and torch.optim.Muon, AdamW's ``exp_avg`` (an EMA with
+    beta1), torch SGD's undamped sum ``mu B + g`` (1 / (1 - mu) times an EMA's size)."""
     for key in ("momentum_buffer", "exp_avg"):
         buf = state.get(key)
         if isinstance(buf, torch.Tensor):
@@ -161,7 +151,6 @@ class TraceRecorder:
         self._sink = sink
         self.step = 0
         self._before: dict[str, torch.Tensor] = {}
-        self._vectors: dict[str, torch.Tensor] = {}
         self._times = {k: 0.0 for k in PHASES}
         self._timed_steps = 0
         self._loss_sum, self._loss_count = 0.0, 0
@@ -205,8 +194,6 @@ class TraceRecorder:
             row = {"type": "update", "run_id": self.run_id, "step": self.step, "matrix": name}
             dW = M - W0
             row.update(update_metrics(dW, W0))
-            sigma, self._vectors[name] = power_iteration(dW, self._vectors.get(name))
-            row["spectral_norm"] = sigma
             row["momentum_norm"] = _momentum_norm(state_of(self.optimizer, p))
             row["momentum_warning"] = name in self._normalised and bool(row["momentum_norm"] < eps_line)
             self._emit(row)
@@ -291,7 +278,7 @@ def write_trace(records: Iterable[dict], path: str | Path) -> None:
 def parse_trace(text: str, source: str = "trace") -> list[dict]:
     """Records of a JSONL trace, checked line by line; errors name the line and what is wrong."""
     records: list[dict] = []
-    headers: set[str] = set()
+    headers: dict[str, int] = {}
     lines = text.split("\n")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -308,6 +295,8 @@ def parse_trace(text: str, source: str = "trace") -> list[dict]:
         if kind not in REQUIRED:
             raise OrthoscopeError(f"{source}, line {number}: unknown record type {kind!r}; "
                                   f"known: {', '.join(REQUIRED)}.")
+        if kind == "update" and headers.get(record.get("run_id")) == 1:
+            record = _upgrade_update(record)
         missing = [k for k in REQUIRED[kind] if k not in record]
         if missing:
             raise OrthoscopeError(f"{source}, line {number}: a {kind!r} record lacks {', '.join(missing)}.")
@@ -318,16 +307,29 @@ def parse_trace(text: str, source: str = "trace") -> list[dict]:
         if kind == "header":
             if record["format"] != TRACE_FORMAT:
                 raise OrthoscopeError(f"{source}, line {number}: format is {record['format']!r}, not {TRACE_FORMAT!r}.")
-            if record["version"] != TRACE_VERSION:
+            if record["version"] not in READABLE_VERSIONS:
                 raise OrthoscopeError(f"{source}, line {number}: trace version {record['version']!r}; "
-                                      f"this Orthoscope reads version {TRACE_VERSION}.")
-            headers.add(record["run_id"])
+                                      f"this Orthoscope reads versions {', '.join(map(str, READABLE_VERSIONS))}.")
+            headers[record["run_id"]] = record["version"]
         elif record["run_id"] not in headers:
             raise OrthoscopeError(f"{source}, line {number}: run {record['run_id']!r} has no header line before it.")
         records.append(record)
     if not records:
         raise OrthoscopeError(f"{source} holds no records.")
     return records
+
+
+def _upgrade_update(record: dict) -> dict:
+    if "orth_error" in record and "sv_cv" not in record:
+        record = {("sv_cv" if k == "orth_error" else k): v for k, v in record.items()}
+    return record
+
+
+def upgrade_records(records: list[dict]) -> list[dict]:
+    """Records of any readable version in the current version's field names (a new list)."""
+    versions = {r["run_id"]: r.get("version") for r in records if r.get("type") == "header"}
+    return [_upgrade_update(r) if r.get("type") == "update" and versions.get(r.get("run_id")) == 1 else r
+            for r in records]
 
 
 def parse_trace_bytes(data: bytes, name: str) -> list[dict]:

@@ -15,18 +15,39 @@ st.title("Optimizer traces")
 st.caption(
     "Train a built-in benchmark with several optimizers, seeds and learning rates, and see what each "
     "does to the geometry of its updates: every few steps the recorder measures the applied update "
-    "dW of each matrix (RMS, spectral norm, orthogonality error, effective and stable rank, neuron-norm "
-    "variation) and, less often, the power-law alpha of the weights' spectra. Traces recorded in your "
-    "own training loop (diagnostics.trace_recorder.TraceRecorder) load here too."
+    "dW of each matrix (RMS, spectral norm, singular-value spread, effective and stable rank, neuron-norm "
+    "variation) and, less often, the power-law alpha of the weights' spectra. Each optimizer is compared "
+    "at the learning rate it does best with on a validation split carved from the training data; the "
+    "test split is only reported. Traces recorded in your own training loop "
+    "(diagnostics.trace_recorder.TraceRecorder) load here too."
 )
 D = optimizer_traces.DEFAULTS
 
 
+def _numbers(frame) -> dict:
+    return {c: st.column_config.NumberColumn(format="%.4g") for c in frame.columns if frame[c].dtype.kind == "f"}
+
+
 def _show(result: optimizer_traces.OptimizerTracesResult, key: str) -> None:
     runs = result.runs()
+    compare = result.compare()
+    if not compare.empty:
+        st.subheader("Comparison at the rates chosen on validation")
+        st.caption(optimizer_traces.protocol_text(result))
+        st.dataframe(compare, hide_index=True, key=f"{key}_compare", column_config=_numbers(compare))
+        edge = compare[compare["lr_at_grid_edge"].astype(bool)]
+        if not edge.empty:
+            st.warning("Chosen at the edge of the learning-rate grid, so the best rate may lie beyond it: "
+                       + ", ".join(f"{n} (lr={lr:.3g})" for n, lr in zip(edge["name"], edge["lr"]))
+                       + ". Widen the sweep (or set those optimizers' rates) before trusting these rows.")
+        st.plotly_chart(charts.comparison(result), key=f"{key}_comparison")
+        sweep = charts.lr_sweep(result)
+        if sweep is not None:
+            st.plotly_chart(sweep, key=f"{key}_sweep")
+    else:
+        st.caption(optimizer_traces.protocol_text(result))
     st.subheader("Runs")
-    st.dataframe(runs, hide_index=True, key=f"{key}_runs", column_config={
-        c: st.column_config.NumberColumn(format="%.4g") for c in runs.columns if runs[c].dtype.kind == "f"})
+    st.dataframe(runs, hide_index=True, key=f"{key}_runs", column_config=_numbers(runs))
     if "diverged" in runs and runs["diverged"].fillna(False).astype(bool).any():
         st.warning("Some runs diverged (the loss became NaN or infinite): "
                    + ", ".join(runs.loc[runs["diverged"].fillna(False).astype(bool), "run_id"]) + ".")
@@ -37,19 +58,15 @@ def _show(result: optimizer_traces.OptimizerTracesResult, key: str) -> None:
                    f"{trace_recorder.MOMENTUM_WARNING_FACTOR:g} x the Newton-Schulz epsilon "
                    f"({optimizers.NS_EPS:g}); there the orthogonalised direction is mostly rounding noise. "
                    f"First: {hits.iloc[0]['matrix']} at step {hits.iloc[0]['step']} ({hits.iloc[0]['run_id']}).")
-    figs = charts.figures(result)
     left, right = st.columns(2)
-    left.plotly_chart(figs[0], key=f"{key}_loss_step")
-    right.plotly_chart(figs[1], key=f"{key}_loss_time")
+    left.plotly_chart(charts.loss_curves(result, "step"), key=f"{key}_loss_step")
+    right.plotly_chart(charts.loss_curves(result, "train_s"), key=f"{key}_loss_time")
+    st.plotly_chart(charts.held_out(result), key=f"{key}_held_out")
+    st.plotly_chart(charts.update_geometry(result), key=f"{key}_geometry")
+    st.plotly_chart(charts.per_layer(result), key=f"{key}_per_layer")
     left, right = st.columns(2)
-    left.plotly_chart(figs[2], key=f"{key}_accuracy")
-    right.plotly_chart(figs[6], key=f"{key}_times")
-    st.plotly_chart(figs[3], key=f"{key}_geometry")
-    st.plotly_chart(figs[4], key=f"{key}_per_layer")
-    left, right = st.columns(2)
-    left.plotly_chart(figs[5], key=f"{key}_alpha")
-    if len(figs) > 7:
-        right.plotly_chart(figs[7], key=f"{key}_sweep")
+    left.plotly_chart(charts.weight_alpha(result), key=f"{key}_alpha")
+    right.plotly_chart(charts.time_breakdown(result), key=f"{key}_times")
     routes = result.routes()
     if not routes.empty:
         st.subheader("Routing: which parameters each optimizer takes")
@@ -99,15 +116,20 @@ bench = cols[0].selectbox("Benchmark", list(optimizer_traces.BENCHMARKS), key="o
                           format_func={"digits": "digits MLP (64-256-256-10)", "chars": "character transformer"}.get)
 chosen = cols[1].multiselect("Optimizers", names, default=D["optimizers"], key="opt_optimizers",
                              format_func=optimizers.label_of)
-cols = st.columns(4)
+cols = st.columns([1, 1, 2, 1])
 seeds = int(cols[0].number_input("Seeds", 1, 20, D["seeds"], key="opt_seeds"))
 steps = int(cols[1].number_input("Steps", 10, optimizer_traces.MAX_STEPS, D["steps"], step=50, key="opt_steps"))
-scope = cols[2].selectbox("Matrix-optimizer scope", optimizers.SCOPES, key="opt_scope",
-                          format_func={"all_but_head": "all but head and embeddings", "hidden_only": "hidden layers only"}.get)
+scopes = cols[2].multiselect(
+    "Matrix-optimizer scope", optimizers.SCOPES, default=D["scopes"], key="opt_scopes",
+    format_func=optimizers.SCOPE_LABELS.get,
+    help="Hidden layers only (the default, as the Muon authors advise): the first layer, fed raw inputs, and "
+         "the output layer stay on AdamW. Choose both to run the two scopes side by side.")
 decay = cols[3].selectbox("Learning-rate decay", optimizer_traces.DECAYS, key="opt_decay")
-with st.expander("Learning rates and recorder"):
-    scales_text = st.text_input("Learning-rate sweep: multiples of each optimizer's rate", "1", key="opt_scales",
-                                help="e.g. 0.5, 1, 2 runs every optimizer at half, once and twice its rate")
+with st.expander("Learning rates, splits and recorder"):
+    scales_text = st.text_input("Learning-rate sweep: multiples of each optimizer's rate",
+                                ", ".join(f"{x:g}" for x in D["lr_scales"]), key="opt_scales",
+                                help="Every optimizer runs at each multiple of its rate; it is reported at the "
+                                     "one of lowest mean validation loss. 1 alone runs one rate.")
     lr_cols = st.columns(4)
     lrs = {n: float(lr_cols[i % 4].number_input(f"{optimizers.label_of(n)} lr", min_value=0.0,
                                                  value=optimizers.default_lr(n), format="%.5g", key=f"opt_lr_{n}"))
@@ -120,12 +142,17 @@ with st.expander("Learning rates and recorder"):
     every = int(r[2].number_input("Record updates every k steps", 1, 1000, D["every"], key="opt_every"))
     alpha_every = int(r[3].number_input("Weight alpha every K steps", 1, 10000, D["alpha_every"], key="opt_alpha_every"))
     eval_every = int(r[4].number_input("Evaluate every", 1, 10000, D["eval_every"], key="opt_eval_every"))
+    r = st.columns(5)
+    val_fraction = float(r[0].number_input("Validation share of the training data", 0.05, 0.5, D["val_fraction"],
+                                           step=0.05, format="%.2f", key="opt_val_fraction"))
+    split_seed = int(r[1].number_input("Validation split seed", 0, 2**31 - 1, D["split_seed"], key="opt_split_seed"))
 
 try:
     params = optimizer_traces.check_params({
         "bench": bench, "optimizers": chosen, "lr_scales": inputs.numbers(scales_text, "learning-rate sweep", "0.5, 1, 2"),
-        "lrs": lrs, "seeds": seeds, "steps": steps, "scope": scope, "decay": decay, "every": every,
-        "alpha_every": alpha_every, "eval_every": eval_every, "adamw_lr": adamw_lr, "weight_decay": weight_decay,
+        "lrs": lrs, "seeds": seeds, "steps": steps, "scopes": scopes, "decay": decay, "every": every,
+        "alpha_every": alpha_every, "eval_every": eval_every, "val_fraction": val_fraction, "split_seed": split_seed,
+        "adamw_lr": adamw_lr, "weight_decay": weight_decay,
     })
 except OrthoscopeError as exc:
     st.error(str(exc))
