@@ -176,18 +176,27 @@ def alignment_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("maps and evaluation")
     g.add_argument("--maps", default=",".join(MAPS), help=f"comma-separated, from: {', '.join(MAPS)}")
     g.add_argument("--anchors", type=int, default=None, help="number of anchors (default: a sweep 8, 16, ... the pool)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the split, the anchors and the shuffles")
+    g.add_argument("--draws", type=int, default=DEFAULTS["draws"],
+                   help="anchor draws per split and anchor count, each with its own split; the table gives their "
+                        "mean and 95%% interval")
+    g.add_argument("--seed", type=int, default=0, help="seed of the splits, the anchors and the shuffles")
     g.add_argument("--strategy", choices=STRATEGIES, default="random", help="how anchors are chosen")
     g.add_argument("--width", choices=WIDTHS, default="pca", help="different widths: PCA to the narrower, or zero padding")
     g.add_argument("--test-fraction", type=float, default=DEFAULTS["test_fraction"], help="held-out share of the rows")
     g.add_argument("--proper", action="store_true", help="force det +1 (a rotation, no reflection)")
     g.add_argument("--scale", action="store_true", help="allow an isotropic scale in Procrustes")
     g.add_argument("--centre", action="store_true", help="subtract each space's pool mean before normalising")
-    g.add_argument("--no-normalise", action="store_true", help="keep row norms (default: L2-normalise rows)")
+    g.add_argument("--normalise", action=argparse.BooleanOptionalAction, default=DEFAULTS["normalise"],
+                   help="L2-normalise rows before the fit (default: no, the paper's model of an orthogonal map up "
+                        "to a mean shift; retrieval compares cosines after the map either way)")
     g.add_argument("--ridge-alpha", type=float, default=DEFAULTS["ridge_alpha"])
     g.add_argument("--relaxed-gamma", type=float, default=DEFAULTS["relaxed_gamma"])
-    g.add_argument("--penalised-lambda", type=float, default=DEFAULTS["penalised_lambda"])
-    g.add_argument("--permutations", type=int, default=DEFAULTS["n_permutations"], help="shuffles for the null values")
+    g.add_argument("--penalised-weight", "--penalised-lambda", dest="penalised_weight", type=float,
+                   default=DEFAULTS["penalised_weight"],
+                   help="weight of the penalised map's ||W^T W - I||^2 term (not the threshold lambda of "
+                        "lambda-orthogonality; --penalised-lambda is its old name)")
+    g.add_argument("--permutations", type=int, default=DEFAULTS["n_permutations"],
+                   help="shuffles for the similarity nulls (p-values cannot go below 1 / (1 + this))")
     g.add_argument("--budget-seeds", type=int, default=DEFAULTS["budget_seeds"], help="seeds per anchor-budget point")
     g.add_argument("--no-curves", action="store_true", help="skip the anchor-budget and lambda curves")
 
@@ -217,13 +226,16 @@ def cmd_alignment(args) -> list:
     params = {
         "maps": [m.strip() for m in args.maps.split(",") if m.strip()], "anchors": [args.anchors] if args.anchors else None,
         "seed": args.seed, "strategy": args.strategy, "width": args.width, "test_fraction": args.test_fraction,
-        "proper": args.proper, "scale": args.scale, "centre": args.centre, "normalise": not args.no_normalise,
-        "ridge_alpha": args.ridge_alpha, "relaxed_gamma": args.relaxed_gamma, "penalised_lambda": args.penalised_lambda,
+        "proper": args.proper, "scale": args.scale, "centre": args.centre, "normalise": args.normalise,
+        "ridge_alpha": args.ridge_alpha, "relaxed_gamma": args.relaxed_gamma, "penalised_weight": args.penalised_weight,
         "n_permutations": args.permutations, "budget_seeds": args.budget_seeds, "curves": not args.no_curves,
+        "draws": args.draws,
     }
     result = with_bar("alignment", lambda bar: alignment.run(inputs, params, progress=bar))
     for line in result.warnings:
         print(f"warning: {line}", file=sys.stderr)
+    for split in result.data["splits"]:
+        print(f"note: split '{split['split']}': {split['note']}", file=sys.stderr)
     return [result]
 
 
@@ -234,7 +246,13 @@ def directions_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matrix", action="append", required=True,
                    help="weight matrix name (repeat to stack several with the same input width, as SeFa does)")
     p.add_argument("--k", type=int, default=DEFAULTS["k"], help="number of directions")
-    p.add_argument("--no-normalize", action="store_true", help="skip SeFa's unit-length normalisation of output units")
+    variant = p.add_mutually_exclusive_group()
+    variant.add_argument("--normalize", action="store_true",
+                         help="read out and traverse the genforce variant: eigenvectors of diag(1/||a_r||) A, every "
+                              "output unit scaled to unit length (default: the paper's closed form, eigenvectors of "
+                              "A^T A); both are computed and tabled either way")
+    variant.add_argument("--no-normalize", action="store_true",
+                         help="the paper's closed form, eigenvectors of A^T A (the default; kept so older scripts run)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed of the Householder projector fit")
     p.add_argument("--fit-iters", type=int, default=DEFAULTS["fit_iters"], help="L-BFGS iterations of the projector fit")
     p.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULTS["alphas"]),
@@ -251,12 +269,14 @@ def cmd_directions(args) -> list:
     from diagnostics import directions
 
     params = {
-        "matrices": args.matrix, "k": args.k, "normalize": not args.no_normalize, "seed": args.seed,
+        "matrices": args.matrix, "k": args.k, "normalize": args.normalize, "seed": args.seed,
         "fit_iters": args.fit_iters, "alphas": numbers(args.alphas, "alphas"),
         "traverse": numbers(args.traverse, "traverse", int), "prompts": args.prompt, "gen_tokens": args.gen_tokens,
     }
     handle = load_model(args.model)
-    return [with_bar("directions", lambda bar: directions.run(handle, params, progress=bar))]
+    result = with_bar("directions", lambda bar: directions.run(handle, params, progress=bar))
+    print(directions.headline(result), file=sys.stderr)
+    return [result]
 
 
 def optimizers_arguments(p: argparse.ArgumentParser) -> None:
@@ -271,8 +291,15 @@ def optimizers_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="training steps per run")
     p.add_argument("--lr", action="append", default=[], metavar="NAME=LR",
                    help="learning rate of one optimizer, e.g. --lr muon=0.02 (repeatable; default: each one's own)")
-    p.add_argument("--lr-scales", default="1", help="learning-rate sweep as multiples of each rate, e.g. 0.5,1,2")
-    p.add_argument("--scope", choices=SCOPES, default=DEFAULTS["scope"], help="which matrices the matrix optimizer takes")
+    p.add_argument("--lr-scales", default=",".join(f"{x:g}" for x in DEFAULTS["lr_scales"]),
+                   help="learning-rate sweep as multiples of each rate; each optimizer is reported at the one of "
+                        "lowest mean validation loss (1 alone: no sweep)")
+    p.add_argument("--scope", default=",".join(DEFAULTS["scopes"]),
+                   help=f"which matrices the matrix optimizer takes, comma-separated to run several side by side, "
+                        f"from: {', '.join(SCOPES)} (hidden_only keeps the input and output layers on AdamW)")
+    p.add_argument("--val-fraction", type=float, default=DEFAULTS["val_fraction"],
+                   help="share of the training data held out as the validation split (chooses checkpoints and rates)")
+    p.add_argument("--split-seed", type=int, default=DEFAULTS["split_seed"], help="seed of the validation split")
     p.add_argument("--decay", choices=DECAYS, default=DEFAULTS["decay"], help="learning-rate decay to zero over the run")
     p.add_argument("--adamw-lr", type=float, default=DEFAULTS["adamw_lr"], help="AdamW rate of the routed-out parameters")
     p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
@@ -301,7 +328,9 @@ def cmd_optimizers(args) -> list:
     scales = numbers(args.lr_scales, "lr-scales")
     params = optimizer_traces.check_params({
         "bench": args.bench, "optimizers": [o.strip() for o in args.optimizers.split(",") if o.strip()],
-        "lr_scales": scales, "lrs": lrs, "seeds": args.seeds, "steps": args.steps, "scope": args.scope,
+        "lr_scales": scales, "lrs": lrs, "seeds": args.seeds, "steps": args.steps,
+        "scopes": [s.strip() for s in args.scope.split(",") if s.strip()], "val_fraction": args.val_fraction,
+        "split_seed": args.split_seed,
         "decay": args.decay, "every": args.every, "alpha_every": args.alpha_every, "eval_every": args.eval_every,
         "adamw_lr": args.adamw_lr, "weight_decay": args.weight_decay,
     })
@@ -312,6 +341,13 @@ def cmd_optimizers(args) -> list:
             trace.write(trace_recorder.dumps(record) + "\n")
 
         result = with_bar("optimizers", lambda bar: optimizer_traces.run(params, progress=bar, sink=sink))
+    compare = result.compare()
+    if not compare.empty:
+        # The headline with its evidence, on stderr beside the progress; stdout lists the files written.
+        print(optimizer_traces.protocol_text(result), file=sys.stderr)
+        shown = ["name", "lr", "best_val_loss", "test_loss_at_best_val", "test_loss_at_best_val_lo",
+                 "test_loss_at_best_val_hi", "test_acc_at_best_val", "test_loss_ratio_to_adamw"]
+        print(compare[shown].to_string(index=False, float_format=lambda x: f"{x:.4g}"), file=sys.stderr)
     print(args.out / "traces.jsonl")
     return [result]
 
@@ -387,7 +423,8 @@ COMMANDS: dict[str, Command] = {
     "steering": Command(cmd_steering, "axis and normal plane of a concept's difference vectors in a language model, and "
                         "steering along them (samples.csv, grid.csv)", steering_arguments),
     "optimizers": Command(cmd_optimizers, "train a benchmark with several optimizers, recording the geometry of every "
-                          "update (traces.jsonl, runs.csv)", optimizers_arguments),
+                          "update; compare them at rates chosen on validation (compare.csv, runs.csv, traces.jsonl)",
+                          optimizers_arguments),
 }
 
 
