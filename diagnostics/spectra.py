@@ -135,7 +135,6 @@ TW_QUANTILE = 4.0
 TAIL_MAJORITY = 0.5
 SPIKE_SHARE = 0.1
 LR_COLUMNS = tuple(f"lr_{alt}_{k}" for alt in LR_ALTERNATIVES for k in ("R", "p"))
-PHASES = ("random-like", "bulk+spikes", "heavy-tailed", "very-heavy-tailed", "too-small")
 # Below this bootstrap p-value the power law is ruled out (Clauset, Shalizi & Newman 2009, 4.1).
 PL_PVALUE_MIN = 0.1
 
@@ -689,6 +688,7 @@ PHASE_RULES = (
     ("very-heavy-tailed", "Very Heavy-Tailed", "the fitted tail lies past the bulk and alpha < 2"),
     ("heavy-tailed", "Heavy-Tailed (alpha > 6: Bulk-Decay)", "the fitted tail lies past the bulk and alpha >= 2"),
 )
+PHASES = tuple(phase for phase, _, _ in PHASE_RULES)
 
 
 def classify_phase(evals: np.ndarray, fit: PowerLawFit, mp: dict) -> tuple[str, float]:

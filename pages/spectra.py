@@ -42,24 +42,27 @@ with st.expander("Options", expanded=False):
         format_func=lambda v: {"min-d": "smallest D (WeightWatcher 0.7.7)", "j": "J criterion"}[v],
     )
 
+try:
+    params = spectra.SpectraParams(
+        normalize=normalize, randomize=randomize, mp_fit=mp_fit, detx=detx, fix_fingers=fix_fingers,
+        conv2d_fft=conv2d_fft, min_evals=int(min_evals), seed=int(seed), gof=gof, n_boot=int(n_boot),
+        small_n_rule=small_n_rule,
+    )
+except OrthoscopeError as exc:
+    st.error(str(exc))
+    st.stop()
+
 with st.expander("How the phase and trust are decided"):
     rows = "\n".join(f"| {phase} | {paper} | {rule} |" for phase, paper, rule in spectra.PHASE_RULES)
     st.markdown(
         "| phase | Martin & Mahoney (JMLR 2021) | rule (first match wins) |\n|---|---|---|\n" + rows
-        + "\n\nA power law is trusted only in a heavy-tailed phase, with at least 8 eigenvalues in its tail and "
-        "alpha <= 6; with *Goodness of fit* on, also Clauset, Shalizi & Newman's bootstrap p-value >= 0.1. "
-        "The MP law here is fitted to the bulk alone (robust to spikes); WeightWatcher's own MP fit is the "
-        "*Marchenko-Pastur fit* option."
+        + f"\n\nTrust rule with the options above: {spectra.trust_rule(params)}. The MP law here is fitted to the "
+        "bulk alone (robust to spikes); WeightWatcher's own MP fit is the *Marchenko-Pastur fit* option."
     )
 
 handle = model_picker.current_model()
 if handle is not None:
     try:
-        params = spectra.SpectraParams(
-            normalize=normalize, randomize=randomize, mp_fit=mp_fit, detx=detx, fix_fingers=fix_fingers,
-            conv2d_fft=conv2d_fft, min_evals=int(min_evals), seed=int(seed), gof=gof, n_boot=int(n_boot),
-            small_n_rule=small_n_rule,
-        )
         bar = st.progress(0.0, text="Computing spectra ...")
         result = cache.cached(
             cache.result_key("spectra", handle.fingerprint, params.to_dict()),
