@@ -97,7 +97,7 @@ from typing import Callable, ClassVar, Iterator
 import numpy as np
 import pandas as pd
 import torch
-from scipy import linalg, optimize, special
+from scipy import linalg, optimize, special, stats
 from scipy.linalg import blas
 
 from diagnostics.power_law import (
@@ -940,6 +940,7 @@ def _summary(layers: list[dict], n_skipped: int, trust_rule: str) -> dict:
     out["phases"] = {p: int((frame["phase"] == p).sum()) for p in PHASES if (frame["phase"] == p).any()}
     out["mean"] = {m: _mean(headline[m]) for m in metrics}
     out["mean_all"] = {m: _mean(numeric[m]) for m in metrics}
+    out["alpha_mean_ci"] = _mean_interval(headline["alpha"]) if "alpha" in headline else None
     for key, col in (("by_block", "block"), ("by_kind", "kind")):
         groups = {}
         labels = frame[col].astype(str)
@@ -953,6 +954,16 @@ def _summary(layers: list[dict], n_skipped: int, trust_rule: str) -> dict:
 def _mean(values: pd.Series) -> float | None:
     value = float(values.mean())
     return value if math.isfinite(value) else None
+
+
+def _mean_interval(values: pd.Series, level: float = 0.95) -> list[float] | None:
+    """Student-t interval of the mean over the layers (None below 2 finite values): how far the mean
+    alpha would move with another draw of layers like these, not the fit error of any one layer."""
+    x = values.dropna().to_numpy(dtype=np.float64)
+    if x.size < 2:
+        return None
+    half = float(stats.t.ppf((1 + level) / 2, x.size - 1)) * float(np.std(x, ddof=1)) / math.sqrt(x.size)
+    return [float(x.mean()) - half, float(x.mean()) + half]
 
 
 def run(

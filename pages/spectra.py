@@ -82,12 +82,17 @@ if handle is not None:
         mean_alpha = s["mean"].get("alpha")
         m = st.columns(4)
         m[0].metric("Trusted power laws", trusted)
-        m[1].metric("Mean alpha (trusted)", "none trusted" if mean_alpha is None else f"{mean_alpha:.3f}")
+        ci = s.get("alpha_mean_ci")
+        m[1].metric("Mean alpha (trusted)", "none trusted" if mean_alpha is None else f"{mean_alpha:.3f}",
+                    help=None if ci is None else f"95% t-interval of the mean over the trusted layers: "
+                                                 f"[{ci[0]:.3f}, {ci[1]:.3f}]")
         m[2].metric("Over-trained (alpha < 2, trusted)", s["num_over_trained"])
         m[3].metric("Under-trained (alpha > 6, trusted)", s["num_under_trained"])
         all_alpha = s["mean_all"].get("alpha")
         st.caption(
             "Phases: " + ", ".join(f"{n} {p}" for p, n in s["phases"].items())
+            + ("" if ci is None else f". Mean alpha of trusted fits {mean_alpha:.3f}, 95% interval over layers "
+               f"[{ci[0]:.3f}, {ci[1]:.3f}]")
             + f". Trust rule: {s['trust_rule']}. Mean alpha over every row, trusted or not: "
             + ("none" if all_alpha is None else f"{all_alpha:.3f}") + "."
         )

@@ -33,6 +33,10 @@ def test_spectra_page_on_the_default_builtin():
     assert float(metrics["Mean alpha (trusted)"]) == round(trusted["alpha"].mean(), 3)
     caption = " ".join(c.value for c in at.caption)
     assert f"{table['alpha'].mean():.3f}" in caption and "Trust rule:" in caption
+    from scipy import stats
+    half = stats.t.ppf(0.975, len(trusted) - 1) * trusted["alpha"].std(ddof=1) / len(trusted) ** 0.5
+    mean = trusted["alpha"].mean()
+    assert f"95% interval over layers [{mean - half:.3f}, {mean + half:.3f}]" in caption
     assert len(at.get("plotly_chart")) == 4  # alpha per layer, alpha vs norm, per block, ESD
     rules = " ".join(m.value for m in at.markdown)
     for phase in ("random-like", "bulk+spikes", "heavy-tailed", "very-heavy-tailed", "too-small"):

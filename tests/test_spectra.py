@@ -170,6 +170,7 @@ def test_headlines_use_trusted_fits_only():
     s = result.summary
     assert s["num_pl_trusted"] == 1
     assert s["mean"]["alpha"] == pytest.approx(rows["heavy.weight"]["alpha"])
+    assert s["alpha_mean_ci"] is None  # one trusted layer: no interval over layers
     assert s["mean_all"]["alpha"] == pytest.approx(np.mean([r["alpha"] for r in result.layers]))
     # metrics that do not come from the fit still average every row
     assert s["mean"]["log_norm"] == pytest.approx(np.mean([r["log_norm"] for r in result.layers]))
