@@ -353,31 +353,83 @@ def cmd_optimizers(args) -> list:
 
 
 def steering_arguments(p: argparse.ArgumentParser) -> None:
-    from diagnostics.steering import DEFAULTS, POSITIONS, TEMPLATES
+    from diagnostics.steering import DEFAULTS, HOOKS, OPTION_HELP, POSITIONS, REFERENCE, STEER_TOKENS, TEMPLATES, UNITS
+
+    def listed(key: str) -> str:
+        return ",".join(f"{x:g}" for x in DEFAULTS[key])
 
     p.add_argument("--model", default="builtin:smollm2",
                    help="a causal LM: builtin:smollm2 (the default), a local HF folder or .gguf, hf:ORG/NAME")
     p.add_argument("--list-concepts", action="store_true", help="print the built-in concept names, one a line, and stop")
-    p.add_argument("--concept", default=DEFAULTS["concept"], help="a built-in concept, or the name of the --triples concept")
-    p.add_argument("--triples", type=Path, default=None, help="your own triples: .csv or .jsonl with prompt, positive, negative")
-    p.add_argument("--tokens", default=None, help="comma-separated tokens that signal the concept (default: the built-in's), "
-                   "e.g. ' dog, dogs'")
-    p.add_argument("--layer", type=int, default=None, help="decoder block whose output is read and steered "
-                   "(default: three fifths of the way up)")
-    p.add_argument("--position", choices=POSITIONS, default=DEFAULTS["position"], help="last token, or mean over the response")
-    p.add_argument("--template", choices=TEMPLATES, default=DEFAULTS["template"], help="the tokenizer's chat template, or plain text")
-    p.add_argument("--sectors", type=int, default=DEFAULTS["sectors"], help="sectors of the normal plane")
-    p.add_argument("--strengths", default=",".join(f"{x:g}" for x in DEFAULTS["strengths"]),
-                   help="steering strengths, in units of the mean difference length")
-    p.add_argument("--penalties", default=",".join(f"{x:g}" for x in DEFAULTS["penalties"]),
-                   help="normal-plane penalties p: 0 the triple's own direction, 1 the axis only")
-    p.add_argument("--threshold", type=float, default=DEFAULTS["threshold"], help="concept gain (nats) a triple's vector must reach")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed of the fit / held-out split")
-    for key in ("grid_samples", "heldout_prompts", "neutral_sentences", "gen_tokens", "gen_prompts"):
-        p.add_argument(f"--{key.replace('_', '-')}", type=int, default=DEFAULTS[key])
-    p.add_argument("--gen-strength", type=float, default=DEFAULTS["gen_strength"])
-    p.add_argument("--gen-penalty", type=float, default=DEFAULTS["gen_penalty"])
-    p.add_argument("--no-sweep", action="store_true", help="skip the sweep over all blocks")
+    g = p.add_argument_group("the concept")
+    g.add_argument("--concept", default=DEFAULTS["concept"],
+                   help="a built-in concept, or the name of the --triples concept (default: %(default)s)")
+    g.add_argument("--triples", type=Path, default=None,
+                   help="your own triples: .csv or .jsonl with prompt, positive, negative")
+    g.add_argument("--tokens", default=None,
+                   help="the words that signal the concept, comma-separated, e.g. 'dog, dogs' (default: the built-in "
+                        "concept's; required with --triples for a concept that is not built in)")
+    g.add_argument("--control", default=DEFAULTS["control"], metavar="NAME",
+                   help="the built-in concept whose axis is steered as an unrelated control (default: the next built-in "
+                        "one that shares no word with the concept)")
+    g = p.add_argument_group("where the vectors are read and added")
+    g.add_argument("--layer", type=int, default=DEFAULTS["layer"],
+                   help="decoder block, numbered from 0 (default: three fifths of the way up)")
+    # None marks "not given", so --reference can tell a contradicting flag from a default.
+    for key, choices in (("position", POSITIONS), ("unit", UNITS), ("steer_tokens", STEER_TOKENS), ("hook", HOOKS)):
+        g.add_argument(f"--{key.replace('_', '-')}", choices=choices, default=None,
+                       help=f"{OPTION_HELP[key]} (default: {DEFAULTS[key]})".replace("%", "%%"))
+    g.add_argument("--reference", action="store_true",
+                   help="the reference code's settings: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in REFERENCE.items())
+                        + "; a flag that contradicts them is an error")
+    g.add_argument("--template", choices=TEMPLATES, default=DEFAULTS["template"],
+                   help="the tokenizer's chat template with the generation prompt, or the prompt and a newline "
+                        "(default: %(default)s)")
+    g = p.add_argument_group("geometry")
+    g.add_argument("--sectors", type=int, default=DEFAULTS["sectors"], help="sectors of the normal plane (default: %(default)s)")
+    g.add_argument("--heldout-fraction", type=float, default=DEFAULTS["heldout_fraction"],
+                   help="share of the triples held out from the fit; only they are steered (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=DEFAULTS["seed"],
+                   help="seed of the split, the null's random directions, the bootstraps and sampling (default: %(default)s)")
+    g.add_argument("--boot", type=int, default=DEFAULTS["boot"], help="bootstrap resamples of every interval (default: %(default)s)")
+    g.add_argument("--no-sweep", action="store_true", help="skip the geometry sweep over all blocks")
+    g = p.add_argument_group("steering and its scores")
+    g.add_argument("--strengths", default=listed("strengths"),
+                   help="strengths s, comma-separated, in multiples of the --unit (default: %(default)s)")
+    g.add_argument("--penalties", default=listed("penalties"),
+                   help="normal-plane penalties p of self-steering: 0 the sample's own direction, 1 the axis only "
+                        "(default: %(default)s)")
+    g.add_argument("--null-draws", type=int, default=DEFAULTS["null_draws"],
+                   help="random directions of the same norm per steered vector, the null (default: %(default)s)")
+    g.add_argument("--max-heldout", type=int, default=DEFAULTS["max_heldout"],
+                   help="held-out prompts steered at most (default: %(default)s)")
+    g.add_argument("--window", type=int, default=DEFAULTS["window"],
+                   help="tokens of the response without the concept in which the concept gain is scored (default: %(default)s)")
+    g.add_argument("--gen-tokens", type=int, default=DEFAULTS["gen_tokens"],
+                   help="tokens of each continuation searched for the concept's words (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=DEFAULTS["temperature"],
+                   help="sampling temperature of the continuations; 0 is greedy (default: %(default)s)")
+    g.add_argument("--neutral-sentences", type=int, default=DEFAULTS["neutral_sentences"],
+                   help="neutral sentences whose perplexity under each vector guards coherence (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="rows per forward pass (default: %(default)s)")
+
+
+def steering_protocol(args) -> dict:
+    """position, unit, steer_tokens and hook from the flags, held to the reference's under --reference."""
+    from diagnostics.steering import DEFAULTS, REFERENCE
+    from models import OrthoscopeError
+
+    def flag(key: str, value: str) -> str:
+        return f"--{key.replace('_', '-')} {value}"
+
+    chosen = {key: getattr(args, key) for key in ("position", "unit", "steer_tokens", "hook")}
+    if args.reference:
+        clash = [flag(k, v) for k, v in chosen.items() if v is not None and v != REFERENCE[k]]
+        if clash:
+            raise OrthoscopeError(f"--reference sets {', '.join(flag(k, v) for k, v in REFERENCE.items())}; "
+                                  f"drop {' and '.join(clash)} or --reference.")
+        return dict(REFERENCE)
+    return {k: DEFAULTS[k] if v is None else v for k, v in chosen.items()}
 
 
 def cmd_steering(args) -> list:
@@ -387,23 +439,44 @@ def cmd_steering(args) -> list:
     if args.list_concepts:
         print("\n".join(steering_data.concept_names()))
         return []
+    # The run would find these too, but only after loading the model.
+    builtin = args.concept in steering_data.concepts()
+    if args.triples is None and not builtin:
+        raise OrthoscopeError(f"no built-in concept {args.concept!r}; the built-in concepts are "
+                              f"{', '.join(steering_data.concept_names())}; give --triples and --tokens for your own.")
+    tokens = steering_data.split_tokens(args.tokens) if args.tokens is not None else None
+    if tokens == [] or (tokens is None and not builtin):
+        raise OrthoscopeError(f"--tokens: give the words that signal {args.concept!r}, comma-separated, e.g. "
+                              "--tokens 'dog, dogs'; only a built-in concept has words of its own.")
     triples = None
     if args.triples is not None:
         if not args.triples.is_file():
             raise OrthoscopeError(f"--triples: no file {args.triples}.")
         triples = steering_data.parse_triples(args.triples.read_bytes(), args.triples.name)
     params = {
-        "concept": args.concept, "layer": args.layer, "position": args.position, "template": args.template,
-        "tokens": steering_data.split_tokens(args.tokens) if args.tokens is not None else None,
-        "sectors": args.sectors, "strengths": numbers(args.strengths, "strengths"),
-        "penalties": numbers(args.penalties, "penalties"), "threshold": args.threshold, "seed": args.seed,
-        "grid_samples": args.grid_samples, "heldout_prompts": args.heldout_prompts,
-        "neutral_sentences": args.neutral_sentences, "gen_tokens": args.gen_tokens, "gen_prompts": args.gen_prompts,
-        "gen_strength": args.gen_strength, "gen_penalty": args.gen_penalty, "sweep": not args.no_sweep,
+        "concept": args.concept, "tokens": tokens, "control": args.control, "layer": args.layer,
+        **steering_protocol(args), "template": args.template, "sectors": args.sectors,
+        "strengths": numbers(args.strengths, "strengths"), "penalties": numbers(args.penalties, "penalties"),
+        "null_draws": args.null_draws, "heldout_fraction": args.heldout_fraction, "max_heldout": args.max_heldout,
+        "seed": args.seed, "window": args.window, "gen_tokens": args.gen_tokens, "temperature": args.temperature,
+        "neutral_sentences": args.neutral_sentences, "boot": args.boot, "sweep": not args.no_sweep,
+        "batch_size": args.batch_size,
     }
-    steering.check_params(params)
+    steering.check_params(params)  # before the model loads, so a typo costs no load
     handle = load_model(args.model)
-    return [with_bar("steering", lambda bar: steering.run(handle, params, triples, progress=bar))]
+    result = with_bar("steering", lambda bar: steering.run(handle, params, triples, progress=bar))
+    for line in result.notes:
+        print(f"note: {line}", file=sys.stderr)
+    p = result.params
+    # The headline with the protocol it was measured on, on stderr beside the progress; stdout lists the files written.
+    print(f"{result.concept['name']} at block {result.layer} of {result.n_layers}: {result.n_steered} held-out prompts "
+          f"steered (fit on {result.n_fit}); position {p['position']}, unit {p['unit']}, steered tokens "
+          f"{p['steer_tokens']}, hook {p['hook']}, {p['null_draws']} random direction(s) per vector as the null",
+          file=sys.stderr)
+    print(result.summary["verdict"], file=sys.stderr)
+    if result.summary["axis_gain"]:
+        print(result.summary["axis_gain"], file=sys.stderr)
+    return [result]
 
 
 @dataclass(frozen=True)
@@ -420,8 +493,10 @@ COMMANDS: dict[str, Command] = {
                          alignment_arguments),
     "directions": Command(cmd_directions, "SeFa and Householder directions of a weight matrix, readout and traversal "
                           "(directions.csv)", directions_arguments),
-    "steering": Command(cmd_steering, "axis and normal plane of a concept's difference vectors in a language model, and "
-                        "steering along them (samples.csv, grid.csv)", steering_arguments),
+    "steering": Command(cmd_steering, "axis and normal plane of a concept's difference vectors in a causal language "
+                        "model, and what steering along them makes it write, beside random directions of the same norm "
+                        "(samples.csv, self_steering.csv, grid.csv, directions.csv, sectors.csv, steered.csv, sweep.csv)",
+                        steering_arguments),
     "optimizers": Command(cmd_optimizers, "train a benchmark with several optimizers, recording the geometry of every "
                           "update; compare them at rates chosen on validation (compare.csv, runs.csv, traces.jsonl)",
                           optimizers_arguments),

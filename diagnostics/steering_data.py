@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from diagnostics.records import read_records
@@ -81,43 +80,6 @@ def digest(triples: list[dict]) -> str:
 
 
 def split_tokens(text: str) -> list[str]:
-    """``" dog, dogs"`` -> [" dog", " dogs"]: a leading space is part of a token, a trailing one is not."""
-    return [t.rstrip() for t in text.split(",") if t.strip()]
-
-
-@dataclass(frozen=True)
-class ConceptToken:
-    """One concept word as the tokenizer sees it; the first piece is what next-token scores count."""
-
-    word: str
-    ids: tuple[int, ...]
-    pieces: tuple[str, ...]
-
-    @property
-    def split(self) -> bool:
-        return len(self.ids) > 1
-
-
-def concept_tokens(tokenizer, words: list[str]) -> tuple[list[ConceptToken], list[str]]:
-    """Tokenise the concept words; returns them with notes on words the tokenizer splits.
-
-    A next-token score can only see a word's first piece. A split word is still counted through
-    that piece, which other words share, so the notes say which piece stands in for it.
-    """
-    if not words:
-        raise OrthoscopeError("give at least one concept token (a word that signals the concept, e.g. ' dog').")
-    out, notes = [], []
-    for word in words:
-        if not word.strip():
-            raise OrthoscopeError("a concept token is empty.")
-        ids = tuple(tokenizer.encode(word, add_special_tokens=False))
-        if not ids:
-            raise OrthoscopeError(f"the tokenizer turns the concept token {word!r} into nothing.")
-        pieces = tuple(tokenizer.convert_ids_to_tokens(list(ids)))
-        token = ConceptToken(word, ids, pieces)
-        out.append(token)
-        if token.split:
-            notes.append(f"{word!r} is split into {len(ids)} tokens ({' + '.join(repr(tokenizer.decode([i])) for i in ids)}); "
-                         f"its first piece {tokenizer.decode([ids[0]])!r} stands for it in next-token scores, so other "
-                         "words that begin with that piece count too.")
-    return out, notes
+    """``"dog, dogs"`` -> ["dog", "dogs"]: the concept's words, comma-separated. Spaces around a word
+    do not matter: every word is scored with and without a leading space."""
+    return [t.strip() for t in text.split(",") if t.strip()]

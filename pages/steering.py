@@ -1,5 +1,7 @@
-"""Cylindrical steering: the axis and normal plane of a concept's difference vectors, and steering along them."""
+"""Cylindrical steering: the axis and normal plane of a concept's difference vectors, and whether steering
+along them puts the concept into what the model writes, beside random directions of the same norm."""
 
+import pandas as pd
 import streamlit as st
 
 import ui
@@ -11,21 +13,79 @@ from ui import cache, inputs, model_picker, report_basket
 ui.sidebar()
 st.title("Cylindrical steering")
 st.caption(
-    "The Cylindrical Representation Hypothesis (Gao, Zhang, Liu et al., ICML 2026, arXiv:2605.01844): the "
-    "difference vectors d = h(prompt + response with the concept) - h(prompt + response without it) of a concept "
-    "share a central axis, which drives the concept, while their parts in the surrounding normal plane decide how "
-    "easily steering works. Pick a concept and a block; see the cylinder, how adding s x mean|d| along a triple's "
-    "own direction (p = 0) or only along the axis (p = 1) raises the concept's next-token probability on held-out "
-    "prompts, what it costs on neutral text, and which sectors of the normal plane steer best."
+    "The Cylindrical Representation Hypothesis (Gao, Zhang, Liu et al., ICML 2026, arXiv:2605.01844; reference code "
+    "mbzuai-nlp/CRH): the difference vectors d = h(prompt + response with the concept) - h(prompt + response without "
+    "it) of a concept share a central axis, which drives the concept, while their parts in the surrounding normal "
+    "plane decide how easily a sample is steered. Pick a concept and a block; the cylinder is fitted on most triples, "
+    "and on the held-out prompts each sample is steered with its own vector (the reference's penalty experiment), and "
+    "the axis, first principal component, a probe and an unrelated concept's axis are steered beside random "
+    "directions of the same norm. What counts is what the model then writes, and whether it stays coherent."
 )
 D = steering.DEFAULTS
+REF = steering.REFERENCE
 BUILTIN, UPLOAD = "Built-in concept", "Upload triples"
+AUTO = "auto"
+# The options where this run may follow the reference code or not: option -> (label, choices, widget key).
+PROTOCOL = {
+    "position": ("Token position", steering.POSITIONS, "steer_position"),
+    "unit": ("Strength unit", steering.UNITS, "steer_unit"),
+    "steer_tokens": ("Steered tokens", steering.STEER_TOKENS, "steer_steered_tokens"),
+    "hook": ("Layer convention", steering.HOOKS, "steer_hook"),
+}
 
 
 def _request(params: dict, triples: list[dict] | None) -> None:
     # Runs in the click's callback, before the script: the click survives the sidebar's reruns.
     st.session_state["steer_request"] = params
     st.session_state["steer_request_triples"] = triples
+
+
+def _use_reference() -> None:
+    st.session_state.update({PROTOCOL[option][2]: value for option, value in REF.items()})
+
+
+def _protocol_select(column, option: str) -> str:
+    label, choices, key = PROTOCOL[option]
+    return column.selectbox(f"{label} (reference: {REF[option]})", choices, key=key,
+                            format_func=lambda v: f"{v} (reference)" if v == REF[option] else v,
+                            help=steering.OPTION_HELP[option])
+
+
+def _numbers_config(frame: pd.DataFrame) -> dict:
+    return {c: st.column_config.NumberColumn(format="%.4g") for c in frame.columns if frame[c].dtype.kind == "f"}
+
+
+def _table(frame: pd.DataFrame, key: str) -> None:
+    st.dataframe(frame, hide_index=True, key=key, column_config=_numbers_config(frame))
+
+
+def _evidence(row: dict | None, setting: str, protocol: str, head: dict) -> None:
+    """Four metrics for one steered setting: its gain beside the null, its rate beside null and unsteered, coherence."""
+    limit = head["ppl_limit"]
+    if row is None:
+        st.markdown(f"**{setting}** ({protocol}): no strength keeps the neutral-text perplexity within {limit:g}x, so "
+                    "there is no gain to report.")
+        return
+    st.markdown(f"**{setting}** ({protocol}, {row['n']} held-out prompts)")
+    m = st.columns(4)
+    off = dict(delta_color="off", delta_arrow="off")
+    m[0].metric("Concept gain (nats)", f"{row['concept_gain']:+.3g}",
+                delta=f"95% CI {row['concept_gain_lo']:+.3g} to {row['concept_gain_hi']:+.3g}", **off,
+                help="change of the log expected number of concept words in the teacher-forced window, mean over "
+                     "the held-out prompts, bootstrap interval")
+    m[1].metric("Random, same norm (nats)", f"{row['null_gain']:+.3g}",
+                delta=f"95th percentile {row['null_q95']:+.3g}", **off,
+                help="the null: mean gain of random directions with exactly the steered vectors' norms; a setting "
+                     f"reaches only when its mean gain is above the 95th percentile (here: {'yes' if row['reaching'] else 'no'})")
+    m[2].metric("Rate: steered/random/unsteered",
+                f"{row['concept_rate']:.0%} / {row['null_rate']:.0%} / {head['unsteered']['value']:.0%}",
+                delta=f"steered 95% CI {row['concept_rate_lo']:.0%} to {row['concept_rate_hi']:.0%}", **off,
+                help=f"share of continuations naming a concept word; one-sided Fisher p = {row['text_pvalue']:.3g} "
+                     "against the random and unsteered continuations together")
+    m[3].metric("Perplexity ratio (neutral text)", f"{row['ppl_ratio']:.3g}x",
+                delta=f"random {row['null_ppl_ratio']:.3g}x · limit {limit:g}x", **off,
+                help=f"steered over unsteered perplexity of neutral sentences; repetition of the continuations "
+                     f"{row['repetition']:.0%} (random {row['null_repetition']:.0%})")
 
 
 handle = model_picker.current_model()
@@ -35,9 +95,8 @@ if handle.kind != "causal-lm":
     kind = "a text encoder" if handle.kind == "encoder" else f"a {handle.kind} model"
     st.error(
         f"{handle.name} is {kind}, not a causal language model. Cylindrical steering reads the hidden states of a "
-        "model that writes text and scores its next-token probabilities, so it needs a causal language model: pick "
-        "one in the sidebar, e.g. Source 'Built-in' → 'SmolLM2-135M-Instruct' (builtin:smollm2), or a local or "
-        "uploaded causal LM."
+        "model that writes text and scores what it writes, so it needs a causal language model: pick one in the "
+        "sidebar, e.g. Source 'Built-in' → 'SmolLM2-135M-Instruct' (builtin:smollm2), or a local or uploaded causal LM."
     )
     st.button("Use SmolLM2-135M-Instruct", key="steer_use_smollm2", icon=":material/swap_horiz:",
               on_click=st.session_state.update, args=({"model_source": "Built-in", "builtin_key": "smollm2"},))
@@ -56,20 +115,28 @@ if st.session_state.get("steer_model") != handle.fingerprint:
         st.session_state.pop(key, None)
 elif not 0 <= st.session_state.get("steer_layer", 0) < n_layers:
     st.session_state["steer_layer"] = steering.default_layer(n_layers)
+# Seeded here rather than through the widgets' defaults: 'Use the reference settings' writes these keys.
+for option, (_, _, key) in PROTOCOL.items():
+    st.session_state.setdefault(key, D[option])
 
 source = st.radio("Concept source", (BUILTIN, UPLOAD), horizontal=True, key="steer_source")
 triples, digest = None, None
 concepts = steering_data.concepts()
+names = steering_data.concept_names()
+words_help = ("words whose appearance signals the concept; each is scored with and without a leading space, lower "
+              "case and capitalised, and matched as a whole word in the generated text")
 try:
     if source == BUILTIN:
-        cols = st.columns([1, 3])
-        names = steering_data.concept_names()
+        cols = st.columns([1, 2])
         concept = cols[0].selectbox("Concept", names, index=names.index(D["concept"]) if D["concept"] in names else 0,
                                     key="steer_concept")
         info = concepts[concept]
-        cols[1].caption(f"{info['description']}  \nTokens scored: "
-                        + ", ".join(f"`{t!r}`" for t in info["tokens"]) + f" · triples: `data/steering/{info['file']}`")
-        tokens = None
+        words_text = cols[1].text_input("Concept words (comma-separated)", key="steer_words",
+                                        placeholder=", ".join(info["tokens"]),
+                                        help=words_help + "; empty: the built-in concept's words")
+        st.caption(f"{info['description']}  \nWords scored: " + ", ".join(f"`{t}`" for t in info["tokens"])
+                   + f" · triples: `data/steering/{info['file']}`")
+        tokens = steering_data.split_tokens(words_text) or None
     else:
         upload = st.file_uploader(
             "Triples: CSV or JSONL with the fields prompt, positive (response with the concept), negative (without)",
@@ -78,68 +145,82 @@ try:
         )
         cols = st.columns([1, 2])
         concept = cols[0].text_input("Concept name", key="steer_concept_name", placeholder="e.g. dogs").strip()
-        tokens_text = cols[1].text_input(
-            "Concept tokens (comma-separated)", key="steer_tokens", placeholder=" dog, dogs",
-            help="words whose next-token probability measures the concept; a leading space belongs to the token "
-                 "(' dog' is the word after a space, 'dog' the start of a text)",
-        )
+        words_text = cols[1].text_input("Concept words (comma-separated)", key="steer_words",
+                                        placeholder="dog, dogs, puppy", help=words_help + "; required for uploads")
         if upload is None:
-            st.info("Upload a triple file (prompt, positive, negative), name the concept and give its tokens.")
+            st.info("Upload a triple file (prompt, positive, negative), name the concept and give its words.")
             st.stop()
         triples = steering_data.parse_triples(upload.getvalue(), upload.name)
         digest = steering_data.digest(triples)
         concept = concept or upload.name.rsplit(".", 1)[0]
-        tokens = steering_data.split_tokens(tokens_text)
+        tokens = steering_data.split_tokens(words_text)
         if not tokens:
-            raise OrthoscopeError(f"give the tokens that signal the concept {concept!r}, comma-separated (e.g. ' dog, dogs').")
+            raise OrthoscopeError(f"Give the concept words for {concept!r}, comma-separated (e.g. 'dog, dogs'): uploaded "
+                                  "triples carry no word list, and without one nothing can tell whether the steered "
+                                  "text names the concept.")
         st.caption(f"{len(triples)} triples from {upload.name} (sha256 {digest}).")
 
     cols = st.columns([1, 1, 1])
     layer = int(cols[0].number_input(f"Block (0 to {n_layers - 1})", min_value=0, max_value=n_layers - 1, step=1,
-                                     key="steer_layer", help="the decoder block whose output is read and steered"))
-    position = cols[1].selectbox("Token position", steering.POSITIONS, index=steering.POSITIONS.index(D["position"]),
-                                 key="steer_position", help="read each response at its last token or as the mean over its tokens")
+                                     key="steer_layer", help="the decoder block that is read and steered"))
+    position = _protocol_select(cols[1], "position")
     template = cols[2].selectbox("Prompt template", steering.TEMPLATES, index=steering.TEMPLATES.index(D["template"]),
                                  key="steer_template", help="chat: the tokenizer's chat template; plain: prompt + newline")
 
-    with st.expander("Sectors, steering grid, scoring and generation"):
+    with st.expander("Protocol options"):
+        st.caption("Where this run may follow the CRH reference code or not; '(reference)' marks the reference's "
+                   "choice. The token position above is the fourth such option.")
+        o = st.columns(3)
+        unit = _protocol_select(o[0], "unit")
+        steer_tokens = _protocol_select(o[1], "steer_tokens")
+        hook = _protocol_select(o[2], "hook")
+        st.button("Use the reference settings", key="steer_use_reference", icon=":material/restart_alt:",
+                  on_click=_use_reference,
+                  help="token position, strength unit, steered tokens and layer convention as in the reference code")
+
+    with st.expander("Grid, null and generation"):
         o = st.columns(4)
-        sectors = int(o[0].number_input("Sectors K", 2, 36, D["sectors"], key="steer_sectors"))
-        strengths_text = o[1].text_input("Strengths s (x mean |d|)", ", ".join(f"{s:g}" for s in D["strengths"]),
+        strengths_text = o[0].text_input("Strengths s (multiples of the unit)", ", ".join(f"{s:g}" for s in D["strengths"]),
                                          key="steer_strengths")
-        penalties_text = o[2].text_input("Penalties p (0 to 1)", ", ".join(f"{p:g}" for p in D["penalties"]),
-                                         key="steer_penalties")
-        threshold = float(o[3].number_input("Threshold (nats of concept gain)", min_value=0.001,
-                                            value=float(D["threshold"]), format="%.3g", key="steer_threshold"))
+        penalties_text = o[1].text_input("Penalties p (0: own direction, 1: axis only)",
+                                         ", ".join(f"{p:g}" for p in D["penalties"]), key="steer_penalties")
+        null_draws = int(o[2].number_input("Null draws", 1, 16, D["null_draws"], key="steer_null_draws",
+                                           help="random directions of the same norm per steered vector and prompt"))
+        sectors = int(o[3].number_input("Sectors K", 2, 36, D["sectors"], key="steer_sectors"))
         o = st.columns(4)
         heldout = float(o[0].number_input("Held-out fraction", min_value=0.05, max_value=0.9,
                                           value=float(D["heldout_fraction"]), step=0.05, key="steer_heldout"))
-        seed = int(o[1].number_input("Seed (split)", min_value=0, value=D["seed"], step=1, key="steer_seed"))
-        grid_samples = int(o[2].number_input("Grid samples", 1, 64, D["grid_samples"], key="steer_grid_samples",
-                                             help="triples spread around the normal plane, scored on the whole (s, p) grid"))
-        heldout_prompts = int(o[3].number_input("Held-out prompts", 1, 64, D["heldout_prompts"], key="steer_heldout_prompts"))
+        max_heldout = int(o[1].number_input("Max held-out samples steered", 1, 256, D["max_heldout"],
+                                            key="steer_max_heldout"))
+        seed = int(o[2].number_input("Seed", min_value=0, value=D["seed"], step=1, key="steer_seed",
+                                     help="the split, the random directions, sampling and the bootstrap"))
+        control = o[3].selectbox("Control concept", [AUTO, *names], key="steer_control",
+                                 help="an unrelated built-in concept whose axis is steered as a baseline; auto: the "
+                                      "next built-in concept sharing no word with this one")
         o = st.columns(4)
-        neutral = int(o[0].number_input("Neutral sentences", 1, 64, D["neutral_sentences"], key="steer_neutral"))
-        gen_strength = float(o[1].number_input("Generation strength s", min_value=0.0, value=float(D["gen_strength"]),
-                                               key="steer_gen_strength"))
-        gen_penalty = float(o[2].number_input("Generation penalty p", min_value=0.0, max_value=1.0,
-                                              value=float(D["gen_penalty"]), step=0.1, key="steer_gen_penalty"))
-        gen_tokens = int(o[3].number_input("Generated tokens", 0, steering.MAX_GEN_TOKENS, D["gen_tokens"],
+        window = int(o[0].number_input("Window tokens", 1, steering.MAX_WINDOW, D["window"], key="steer_window",
+                                       help="teacher-forced tokens of the held-out response in which concept words are scored"))
+        gen_tokens = int(o[1].number_input("Generated tokens", 1, steering.MAX_GEN_TOKENS, D["gen_tokens"],
                                            key="steer_gen_tokens"))
+        temperature = float(o[2].number_input("Temperature (0 = greedy)", min_value=0.0, max_value=5.0,
+                                              value=float(D["temperature"]), step=0.1, key="steer_temperature"))
+        neutral = int(o[3].number_input("Neutral sentences", 1, len(steering_data.neutral_sentences()),
+                                        D["neutral_sentences"], key="steer_neutral",
+                                        help="text without any concept whose perplexity guards coherence"))
         o = st.columns(4)
-        gen_prompts = int(o[0].number_input("Generation prompts", 0, 16, D["gen_prompts"], key="steer_gen_prompts"))
+        boot = int(o[0].number_input("Bootstrap draws", 20, 10000, D["boot"], step=20, key="steer_boot"))
         sweep = o[1].checkbox("Layer sweep", value=D["sweep"], key="steer_sweep",
                               help="axis norm, mean cos(theta) and normal spread at every block (no extra forward passes)")
 
     params = steering.check_params({
-        "concept": concept, "tokens": tokens, "layer": layer, "position": position, "template": template,
-        "sectors": sectors, "strengths": inputs.numbers(strengths_text, "strengths", "1, 2, 4"),
-        "penalties": inputs.numbers(penalties_text, "penalties", "0, 0.5, 1"), "threshold": threshold, "heldout_fraction": heldout,
-        "seed": seed, "grid_samples": grid_samples, "heldout_prompts": heldout_prompts, "neutral_sentences": neutral,
-        "gen_strength": gen_strength, "gen_penalty": gen_penalty, "gen_tokens": gen_tokens, "gen_prompts": gen_prompts,
-        "sweep": sweep,
+        "concept": concept, "tokens": tokens, "control": None if control == AUTO else control, "layer": layer,
+        "position": position, "unit": unit, "steer_tokens": steer_tokens, "hook": hook, "template": template,
+        "sectors": sectors, "strengths": inputs.numbers(strengths_text, "strengths", "2, 4, 8"),
+        "penalties": inputs.numbers(penalties_text, "penalties", "0, 1"), "null_draws": null_draws,
+        "heldout_fraction": heldout, "max_heldout": max_heldout, "seed": seed, "window": window,
+        "gen_tokens": gen_tokens, "temperature": temperature, "neutral_sentences": neutral, "boot": boot,
+        "sweep": sweep, "triples_sha256": digest,  # None for a built-in set
     }, n_layers)
-    params["triples_sha256"] = digest  # None for a built-in set; run() ignores the key
 except OrthoscopeError as exc:
     st.error(str(exc))
     st.stop()
@@ -147,15 +228,15 @@ except OrthoscopeError as exc:
 st.button("Compute", type="primary", key="steer_compute", icon=":material/play_arrow:",
           on_click=_request, args=(params, triples))
 request = inputs.last_request(
-    "steer_request", params, "Press Compute to read the activations, fit the cylinder and score the steering grid.",
+    "steer_request", params,
+    "Press Compute to read the activations, fit the cylinder and steer the held-out prompts.",
     "The settings above have changed: press Compute to update the results below.")
 
-request_triples = st.session_state.get("steer_request_triples")
 bar = st.progress(0.0, text="Computing ...")
 try:
     result = cache.cached(
         cache.result_key("steering", handle.fingerprint, request),
-        lambda: steering.run(handle, {k: v for k, v in request.items() if k != "triples_sha256"}, request_triples,
+        lambda: steering.run(handle, request, st.session_state.get("steer_request_triples"),
                              progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m),
                              activation_cache=cache.cached),
     )
@@ -166,57 +247,111 @@ except OrthoscopeError as exc:
 bar.empty()
 
 head = charts.summary(result)
-base = result.baselines
+unit_name = head["unit"]
+limit = head["ppl_limit"]
+(st.success if head["concept_in_text"] else st.warning)(head["verdict"])
+axis, cell = head["best_axis"], head["best_self"]
+_evidence(axis, f"Axis at s = {axis['s']:g} {unit_name}" if axis else "Axis", "directions protocol", head)
+_evidence(cell, f"Self-steering at s = {cell['s']:g}, p = {cell['p']:g}" if cell else "Self-steering", "CRH protocol",
+          head)
 m = st.columns(4)
-m[0].metric("Block", str(result.layer), help=f"of {result.n_layers} decoder blocks, numbered 0 to {result.n_layers - 1}")
-m[1].metric("Axis norm |a|", f"{result.axis_norm:.4g}", help="|mean d| over the fit triples, in hidden-state units")
-m[2].metric("Mean |d|", f"{result.mean_norm:.4g}", help="the unit of the strength s")
-m[3].metric("Mean cos(theta), fit / held-out", f"{head['mean_cos_fit']:.3f} / {head['mean_cos_heldout']:.3f}",
-            help="alignment of the difference vectors with the axis (fitted on the fit triples only)")
-m = st.columns(4)
-m[0].metric("Normal plane explained", f"{head['plane_explained']:.1%}",
-            help="share of the normal components' variance in the 2-D plane drawn below")
-m[1].metric("Held-out accuracy, probe / axis",
-            f"{base['probe_heldout_accuracy']:.0%} / {base['axis_heldout_accuracy']:.0%}",
-            help="logistic probe on the activations; the axis thresholded halfway between the classes")
-m[2].metric("Time", f"{head['total_s']:.1f} s",
-            help="activations were cached from an earlier run" if result.work.get("activations_cached") else None)
-m[3].metric("Forward passes / s", f"{head['passes_per_s']:.1f}", help=f"{head['passes']} forward passes")
+split_half, held_cos, fit_cos = head["split_half_cos"], head["mean_cos_heldout"], head["mean_cos_fit_loo"]
+m[0].metric("Split-half axis agreement (cos)", f"{split_half['value']:.3f}",
+            delta=f"95% interval {split_half['lo']:.3f} to {split_half['hi']:.3f}", delta_color="off", delta_arrow="off",
+            help=f"cosine between the axes of two random halves of the {result.n_fit} fit triples, median over "
+                 f"{result.uncertainty.get('boot')} cuts")
+m[1].metric("Held-out mean cos(theta)", f"{held_cos['value']:.3f}",
+            delta=f"95% CI {held_cos['lo']:.3f} to {held_cos['hi']:.3f}", delta_color="off", delta_arrow="off",
+            help=f"the {result.n_heldout} held-out triples against the fit axis; fit triples, leave-one-out: "
+                 f"{fit_cos['value']:.3f} ({fit_cos['lo']:.3f} to {fit_cos['hi']:.3f})")
+m[2].metric("Held-out accuracy, probe / axis",
+            f"{result.baselines['probe_heldout_accuracy']:.0%} / {result.baselines['axis_heldout_accuracy']:.0%}",
+            help="logistic probe on the activations; the axis thresholded halfway between the fit classes")
+m[3].metric("Time", f"{head['total_s']:.1f} s", delta=f"{head['passes_per_s']:.1f} forward passes / s",
+            delta_color="off", delta_arrow="off",
+            help=f"{head['passes']} forward passes"
+                 + ("; the activations were cached from an earlier run" if result.work.get("activations_cached") else ""))
+params = result.params
 st.caption(
-    f"{result.model_name} · concept '{result.concept['name']}' ({result.params['source']}, {result.n_fit} fit + "
-    f"{result.n_heldout} held-out triples) · {result.params['position']} token · {result.params['template']} prompts · "
-    f"{head['reached']} of {head['n_fit']} fit triples reach {result.params['threshold']:g} nats of concept gain"
+    f"{result.model_name} · concept '{result.concept['name']}' ({params['source']}; words "
+    + ", ".join(result.concept["words"]) + f") · {result.n_fit} fit + {result.n_heldout} held-out triples, "
+    f"{result.n_steered} held-out prompts steered · block {result.layer} of {result.n_layers} ({params['hook']}) · "
+    f"{params['position']} token · {params['template']} prompts · unit {unit_name} = {result.unit_value:.4g} · "
+    f"control concept '{result.concept['control']['name']}'"
 )
 for note in result.notes:
     st.info(note)
 
-figs = charts.figures(result)
-st.plotly_chart(figs[0], key="steer_hist_chart")
-left, right = st.columns(2)
-left.plotly_chart(figs[1], key="steer_plane_chart")
-right.plotly_chart(figs[2], key="steer_sectors_chart")
-left, right = st.columns(2)
-left.plotly_chart(figs[3], key="steer_gain_chart")
-right.plotly_chart(figs[4], key="steer_corruption_chart")
-left, right = st.columns(2)
-left.plotly_chart(figs[5], key="steer_baselines_chart")
-if len(figs) > 6:
-    right.plotly_chart(figs[6], key="steer_sweep_chart")
+with st.expander("How this is computed"):
+    st.markdown(
+        "- **Geometry** (fit triples): d_i is the difference of the activations with and without the concept; the "
+        "axis a is their mean, cos(theta_i) each d_i's alignment with it, and the normal plane the top two principal "
+        "directions of the parts of the d_i orthogonal to a. Held-out triples are placed on the fit cylinder.\n"
+        "- **Self-steering** (the CRH reference's penalty experiment): each held-out sample i is steered on its own "
+        "prompt with its own vector v_i(s, p) = s u (cos(theta_i) a_hat + (1 - p) sin(theta_i) o_hat_i), where u is "
+        "the strength unit (|a| or the mean |d|); p = 0 keeps the sample's own direction, p = 1 only its axis part.\n"
+        "- **Directions**: one direction (the axis, the first principal component of the d_i, the logistic probe, an "
+        "unrelated control concept's axis) at norm s x u on every held-out prompt.\n"
+        "- **The null**: random directions of exactly the same norm as each steered vector. A setting is *reaching* "
+        "when its mean gain is above the null's 95th percentile; a sample's steerability is 1 / the smallest s at "
+        "which its own gain is.\n"
+        "- **Scores**: the *concept gain* is the change of the log expected number of concept words starting in a "
+        "teacher-forced window of the held-out response without the concept (every word in four forms; words the "
+        "tokenizer splits are scored as whole token sequences). The *concept rate* is the share of continuations "
+        "that name a concept word (word-boundary match). *ppl_ratio* is the perplexity of neutral sentences with the "
+        "vector added, over the unsteered model's; *repetition* the share of repeated word 3-grams in a continuation. "
+        f"\n- **Verdict**: only settings with ppl_ratio <= {limit:g} count. The concept is in the text when one of "
+        "them names it more often than the random directions and the unsteered model together (one-sided Fisher "
+        "test, Bonferroni over those settings); the metrics above show the setting of each protocol with the largest "
+        "gain over its null."
+    )
+    differ = [PROTOCOL[o][0].lower() for o in REF if params[o] != REF[o]]
+    _table(pd.DataFrame([{"option": PROTOCOL[o][0], "this run": params[o], "reference": REF[o],
+                          "": "same" if params[o] == REF[o] else "differs"} for o in REF]), "steer_protocol_table")
+    st.caption("This run differs from the reference in: " + ", ".join(differ) + "." if differ
+               else "This run follows the reference in all four options.")
 
-st.subheader("Greedy generations")
-if result.generations:
-    g = result.generation_settings
-    st.caption(f"Steered: v(s = {g['s']:g}, p = {g['p']:g}) of fit triple {g['sample']} (|v| = {g['vector_norm']:.4g}), "
-               f"the most steerable one (or the one with the largest gain at the top strength when none reaches the "
-               f"threshold), added at block {result.layer} from the last prompt token on; {g['tokens']} new tokens, "
-               "held-out prompts.")
-    st.dataframe(result.tables()["generations"], hide_index=True, key="steer_generations")
-else:
-    st.info("No generations: set generated tokens and generation prompts above 0.")
+st.subheader("Steering on the held-out prompts")
+unit_caption = f"s in multiples of the unit ({unit_name} = {result.unit_value:.4g})"
+CHARTS = (
+    ("steer_self_gain_chart", charts.self_steering_gains,
+     f"CRH protocol: each held-out sample with its own vector, against random directions of the same norms; "
+     f"{unit_caption}."),
+    ("steer_direction_gain_chart", charts.direction_gains,
+     "Directions protocol: each direction at norm s x unit on every held-out prompt, against random directions."),
+    ("steer_rate_chart", charts.concept_rates,
+     "Generation rate under both protocols, with Wilson intervals, beside random directions and the unsteered model."),
+    ("steer_coherence_chart", charts.coherence,
+     f"Coherence guard under both protocols: neutral-text perplexity ratio; the headline stays under {limit:g}x."),
+    ("steer_hist_chart", charts.histograms, "Geometry: the axis fitted on the fit triples, held-out triples beside them."),
+    ("steer_plane_chart", charts.normal_plane,
+     "CRH protocol: held-out samples on the fit plane, coloured by steerability; hollow where none beats the null."),
+    ("steer_sectors_chart", charts.sector_polar,
+     f"CRH protocol by sector of the fit plane: only {result.n_steered} held-out samples, so each sector holds few."),
+    ("steer_baselines_chart", charts.baseline_cosines,
+     "Directions fitted on the fit triples; accuracies on the held-out triples."),
+)
+for start in range(0, len(CHARTS), 2):
+    for column, (key, build, caption) in zip(st.columns(2), CHARTS[start:start + 2]):
+        column.plotly_chart(build(result), key=key)
+        column.caption(caption)
+sweep_fig = charts.layer_sweep(result)
+if sweep_fig is not None:
+    st.plotly_chart(sweep_fig, key="steer_sweep_chart")
+    st.caption("Geometry only, on the fit triples at every block; no steering.")
 
-st.subheader("Triples")
-st.dataframe(result.to_frame(), hide_index=True, key="steer_samples", column_config={
-    c: st.column_config.NumberColumn(format="%.4g")
-    for c in ("cos_theta", "norm", "x", "y", "phi_deg", "min_strength", "steerability", "gain_at_max")
-})
+st.subheader("Tables")
+frames = result.tables()
+st.markdown("**Self-steering grid** (CRH protocol; one row per (s, p), means over the held-out prompts)")
+_table(frames["grid"], "steer_grid")
+st.markdown("**Directions** (directions protocol; the `random` row is the null)")
+_table(frames["directions"], "steer_directions")
+st.markdown(f"**Held-out samples** (CRH protocol at p = {head['self_penalty']:g}; "
+            f"{head['self_reaching']} of {head['n_steered']} beat the null at some strength)")
+_table(frames["self_steering"], "steer_self")
+st.markdown("**Example generations** (the headline's self-steering cell; unsteered, steered and along a random "
+            "direction of the same norm)")
+_table(pd.DataFrame(result.examples, columns=["prompt", "s", "p", "unsteered", "steered", "random"]), "steer_examples")
+with st.expander(f"All steered continuations ({len(result.steered)})"):
+    _table(frames["steered"], "steer_steered")
 report_basket.add_button(result, key="steer_add")
