@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from models import module_cache
 from models.builtin import BUILTINS, builtin_path
 from models.errors import OrthoscopeError
 from models.matrices import Skipped, WeightMatrix, classify
@@ -299,20 +300,8 @@ def _load_gguf(path: Path, spec: str) -> ModelHandle:
         config={"model_type": source.architecture},
     )
 
-    def module():
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32, trust_remote_code=False
-        )
-
-    def tokenizer():
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, trust_remote_code=False)
-
-    handle.module_loader = module
-    handle.tokenizer_loader = tokenizer
+    handle.module_loader = lambda: module_cache.gguf_module(path, handle.fingerprint)
+    handle.tokenizer_loader = lambda: module_cache.gguf_tokenizer(path, handle.fingerprint)
     return handle
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -38,6 +39,17 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setattr(hf_constants, "HF_HOME", str(hf_home))
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(hf_home / "hub"))
     return hf_home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gguf_cache_dir(tmp_path_factory):
+    """One GGUF module cache for the whole run (models/module_cache.py), never the user's: SmolLM2 is then
+    dequantised once, not once per test module that builds it. Removed at the end, as it holds ~0.5 GB."""
+    folder = tmp_path_factory.mktemp("orthoscope-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ORTHOSCOPE_CACHE_DIR", str(folder))
+        yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
