@@ -2,7 +2,11 @@
 
 import streamlit as st
 
-st.set_page_config(page_title="Orthoscope", page_icon=":material/blur_on:", layout="wide")
+from reports.report import ICON
+
+# An absolute path (the report's own): Streamlit resolves a relative page_icon against the folder it
+# was started from, so a relative one would be missing when the app is started from elsewhere.
+st.set_page_config(page_title="Orthoscope", page_icon=str(ICON), layout="wide")
 
 PAGES = [
     st.Page("pages/overview.py", title="Model overview", icon=":material/table_chart:", default=True),

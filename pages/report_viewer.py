@@ -5,7 +5,7 @@ import streamlit as st
 import reports
 import ui
 from models import OrthoscopeError
-from reports.registry import figures_for
+from reports.registry import TITLES, figures_for
 
 ui.sidebar()
 st.title("Open a report")
@@ -20,7 +20,7 @@ if upload is not None:
     else:
         st.success(f"{len(loaded)} result(s) loaded.")
         for i, result in enumerate(loaded):
-            st.subheader(f"{result.diagnostic.title()}: {result.model_name}")
+            st.subheader(f"{TITLES.get(result.diagnostic, result.diagnostic)}: {result.model_name}")
             st.caption(f"fingerprint `{result.fingerprint[:16]}` · params `{result.params}`")
             for j, fig in enumerate(figures_for(result)):
                 st.plotly_chart(fig, key=f"report_fig_{i}_{j}")

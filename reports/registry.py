@@ -1,4 +1,4 @@
-"""Which result class and which figures belong to each diagnostic name."""
+"""Which result class, figures and title belong to each diagnostic name."""
 
 from __future__ import annotations
 
@@ -28,6 +28,17 @@ DIAGNOSTICS: dict[str, tuple[type[Result], Callable[[Result], list[go.Figure]]]]
     DirectionsResult.diagnostic: (DirectionsResult, directions_charts.figures),
     SteeringResult.diagnostic: (SteeringResult, steering_charts.figures),
     OptimizerTracesResult.diagnostic: (OptimizerTracesResult, optimizer_traces_charts.figures),
+}
+
+# diagnostic name -> title. Reports and the basket name results as the pages in app.py do: the
+# internal names (optimizer_traces) mean nothing to a reader.
+TITLES: dict[str, str] = {
+    OverviewResult.diagnostic: "Model overview",
+    SpectraResult.diagnostic: "Layer spectra",
+    AlignmentResult.diagnostic: "Embedding alignment",
+    DirectionsResult.diagnostic: "Latent directions",
+    SteeringResult.diagnostic: "Cylindrical steering",
+    OptimizerTracesResult.diagnostic: "Optimizer traces",
 }
 
 

@@ -181,8 +181,9 @@ def test_csv_export_holds_the_overview_table():
     at = app().run()
     at.button(key="overview_add").click().run()
     items = at.session_state["report_results"]
+    assert "1. Model overview: all-MiniLM-L6-v2" in [c.value for c in at.sidebar.caption]
     names = zipfile.ZipFile(io.BytesIO(reports.csv_zip(items))).namelist()
-    assert names == ["tensors.csv"]
+    assert names == ["overview-all-minilm-l6-v2-tensors.csv", "manifest.json"]
 
 
 def _folder_files(folder: Path, top: str) -> list[tuple[str, bytes, str]]:

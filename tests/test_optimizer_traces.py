@@ -17,6 +17,7 @@ from diagnostics import optimizer_traces as ot
 from diagnostics import optimizers
 from diagnostics import trace_recorder as tr
 from models.errors import OrthoscopeError
+from reports.report import slug
 
 SMALL = {"optimizers": ["adamw", "muon"], "seeds": 2, "steps": 20, "every": 5, "alpha_every": 10, "eval_every": 10,
          "lr_scales": [1.0]}
@@ -317,7 +318,8 @@ def test_report_round_trip_and_csv_tables(swept):
     (back,) = reports.from_json(reports.to_json([swept]))
     assert back.runs().equals(swept.runs())
     pd.testing.assert_frame_equal(back.compare(), swept.compare())
-    tables = reports.csv_tables([swept])
+    prefix = f"optimizer_traces-{slug(swept.model_name)}-"
+    tables = {name.removeprefix(prefix): text for name, text in reports.csv_tables([swept]).items()}
     assert {"compare.csv", "sweep.csv", "runs.csv", "steps.csv", "updates.csv", "alphas.csv", "evals.csv",
             "routes.csv"} <= set(tables)
     assert len(tables["runs.csv"].splitlines()) == 13 and len(tables["compare.csv"].splitlines()) == 4

@@ -1,16 +1,28 @@
 """Report export: self-contained HTML, versioned JSON that loads back, CSV tables."""
 
+import ast
+import csv
+import io
 import json
+import re
+import xml.etree.ElementTree as ET
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 import reports
-from diagnostics import overview
+from diagnostics import optimizer_traces, overview, spectra
+from diagnostics import trace_recorder as tr
 from diagnostics.result import SCHEMA_VERSION
 from models import OrthoscopeError, load
-from reports.registry import figures_for
+from reports import report
+from reports.registry import DIAGNOSTICS, TITLES, figures_for
+
+ROOT = Path(__file__).resolve().parent.parent
+SCROLL_BOX = '<div class="tablebox" style="overflow-x:auto; max-width:100%">'
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +30,40 @@ def result(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
     save_file({"layers.0.fc1.weight": torch.randn(32, 16), "layers.0.fc1.bias": torch.randn(32)}, path)
     return overview.run(load(str(path)))
+
+
+@pytest.fixture(scope="module")
+def long_result(tmp_path_factory):
+    """An overview whose tensors table has 30 rows, more than report.html shows unfolded."""
+    path = tmp_path_factory.mktemp("ckpt") / "SmolLM2-135M Instruct.safetensors"
+    save_file({f"layers.{i}.fc.weight": torch.randn(8, 8) for i in range(30)}, path)
+    return overview.run(load(str(path)))
+
+
+@pytest.fixture(scope="module")
+def wide_result(tmp_path_factory):
+    """Spectra: some 47 columns per layer, wider than any chart."""
+    path = tmp_path_factory.mktemp("ckpt") / "w.safetensors"
+    save_file({f"layers.{i}.fc.weight": torch.randn(64, 48) for i in range(3)}, path)
+    return spectra.run(load(str(path)))
+
+
+@pytest.fixture(scope="module")
+def traces_result():
+    model = torch.nn.Linear(6, 6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    rec = tr.TraceRecorder(model, opt, run={"optimizer": "sgd"}, every=2, alpha_every=4, run_id="mine")
+    for _ in range(4):
+        loss = model(torch.randn(8, 6)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rec.log_loss(loss)
+    return optimizer_traces.from_trace(rec.records, "my run.jsonl")
+
+
+def rows_of(table_html: str) -> int:
+    return table_html.count("<tr") - 1  # the header row
 
 
 def test_html_inlines_plotly_once_and_holds_every_chart(result):
@@ -46,16 +92,121 @@ def test_json_loads_back_to_the_same_charts(result):
 
 def test_csv_tables_name_their_files_and_hold_every_row(result):
     tables = reports.csv_tables([result])
-    assert list(tables) == ["tensors.csv"]
-    lines = tables["tensors.csv"].strip().splitlines()
+    assert list(tables) == ["overview-m.safetensors-tensors.csv"]
+    lines = tables["overview-m.safetensors-tensors.csv"].strip().splitlines()
     assert lines[0] == "name,shape,dtype,numel,norm,analysed,reason,kind,block"
     assert len(lines) == 1 + len(result.tensors)
-    assert list(reports.csv_tables([result, result])) == ["01_tensors.csv", "02_tensors.csv"]
 
 
-def test_write_puts_all_files_in_the_folder(result, tmp_path):
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("SmolLM2-135M-Instruct", "smollm2-135m-instruct"),
+        ("all-MiniLM-L6-v2 → SmolLM2-135M-Instruct", "all-minilm-l6-v2-smollm2-135m-instruct"),
+        ("  __My model (v1.5)!  ", "my-model-v1.5"),
+        ("→", "model"),
+        ("64-256-256-10 MLP on scikit-learn digits (1,257 train / 180 val / 360 test images)",
+         "64-256-256-10-mlp-on-scikit-learn-digits-1-257"),
+        ("x" * 60, "x" * 48),
+    ],
+)
+def test_model_names_are_slugified_for_file_names(name, expected):
+    assert report.slug(name) == expected
+    assert len(report.slug(name)) <= report.SLUG_CHARS
+
+
+def test_zip_names_diagnostic_model_table_and_its_manifest_describes_every_file(long_result, wide_result):
+    archive = zipfile.ZipFile(io.BytesIO(reports.csv_zip([long_result, wide_result])))
+    assert archive.namelist() == [
+        "overview-smollm2-135m-instruct.safetensors-tensors.csv",
+        "spectra-w.safetensors-layers.csv",
+        "spectra-w.safetensors-skipped.csv",
+        "manifest.json",
+    ]
+    manifest = json.loads(archive.read("manifest.json"))
+    assert manifest["schema_version"] == SCHEMA_VERSION and manifest["tool"] == "orthoscope"
+    files = manifest["files"]
+    assert [f["file"] for f in files] == archive.namelist()[:-1]
+    for entry in files:
+        parsed = list(csv.reader(io.StringIO(archive.read(entry["file"]).decode())))
+        header, body = (parsed[0], parsed[1:]) if parsed else ([], [])
+        assert entry["rows"] == len(body) and entry["columns"] == header, entry["file"]
+        assert entry["title"] == TITLES[entry["diagnostic"]]
+        assert len(entry["params_digest"]) == 64
+    assert files[0]["model_name"] == long_result.model_name and files[0]["fingerprint"] == long_result.fingerprint
+    assert files[0]["rows"] == 30 and files[0]["table"] == "tensors" and files[0]["diagnostic"] == "overview"
+    assert files[1]["rows"] == 3 and files[2]["rows"] == 0
+
+
+def test_colliding_names_get_numeric_suffixes(result):
+    archive = zipfile.ZipFile(io.BytesIO(reports.csv_zip([result, result, result])))
+    assert archive.namelist() == ["overview-m.safetensors-tensors.csv", "overview-m.safetensors-tensors-2.csv",
+                                  "overview-m.safetensors-tensors-3.csv", "manifest.json"]
+    files = json.loads(archive.read("manifest.json"))["files"]
+    assert len({f["params_digest"] for f in files}) == 1  # same run thrice: the digest says so
+
+
+def test_write_keeps_the_tables_own_names_for_one_result_and_lists_them_in_a_manifest(result, tmp_path):
     written = reports.write([result], tmp_path / "out")
-    assert sorted(p.name for p in written) == ["report.html", "report.json", "tensors.csv"]
+    assert sorted(p.name for p in written) == ["manifest.json", "report.html", "report.json", "tensors.csv"]
+    (entry,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["files"]
+    assert entry["file"] == "tensors.csv" and entry["rows"] == len(result.tensors)
+
+
+def test_write_prefixes_names_when_several_results_share_the_folder(result, long_result, tmp_path):
+    written = reports.write([result, long_result], tmp_path / "out")
+    assert {p.name for p in written} >= {"overview-m.safetensors-tensors.csv",
+                                         "overview-smollm2-135m-instruct.safetensors-tensors.csv", "manifest.json"}
+
+
+def test_long_tables_show_their_first_rows_and_fold_the_rest_into_details(result, long_result):
+    page = reports.to_html([long_result])
+    preview, folded = re.search(r"(<table.*?</table>)\s*</div><details><summary>show all 30 rows</summary>(.*?)</details>",
+                                page, re.S).groups()
+    assert rows_of(preview) == report.HTML_PREVIEW_ROWS
+    assert rows_of(folded) == 30
+    assert "<details>" not in reports.to_html([result])  # two rows: nothing to fold
+
+
+def test_tables_past_the_cap_say_the_csv_holds_the_rest(long_result, monkeypatch):
+    monkeypatch.setattr(report, "HTML_TABLE_ROWS", 25)
+    page = reports.to_html([long_result])
+    folded = re.search(r"<summary>show the first 25 of 30 rows \(the CSV holds every row\)</summary>(.*?)</details>",
+                       page, re.S).group(1)
+    assert rows_of(folded) == 25
+
+
+def test_every_table_scrolls_in_its_own_box(wide_result, long_result):
+    page = reports.to_html([wide_result, long_result])
+    assert len(wide_result.to_frame().columns) > 30
+    assert page.count("<table") == page.count(SCROLL_BOX + "<table") == 4  # layers, skipped, tensors twice
+    assert "max-width: 1200px" in page  # the page keeps the charts' width
+
+
+def test_headings_use_human_titles(result, wide_result, traces_result):
+    page = reports.to_html([result, wide_result, traces_result])
+    headings = re.findall(r"<h2>(.*?)</h2>", page)
+    assert headings == ["Model overview: m.safetensors", "Layer spectra: w.safetensors", "Optimizer traces: my run.jsonl"]
+    assert "Optimizer_Traces" not in page
+
+
+def test_every_diagnostic_has_a_human_title():
+    assert set(TITLES) == set(DIAGNOSTICS)
+    for name, title in TITLES.items():
+        assert "_" not in title and title != name.title()
+
+
+def test_favicon_is_a_local_file_the_app_and_the_report_use(result):
+    icon = ROOT / "assets" / "orthoscope.svg"
+    assert ET.parse(icon).getroot().tag == "{http://www.w3.org/2000/svg}svg"
+    tree = ast.parse((ROOT / "app.py").read_text())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "set_page_config"]
+    (page_icon,) = [ast.unparse(k.value) for c in calls for k in c.keywords if k.arg == "page_icon"]
+    assert page_icon == "str(ICON)"
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "reports.report" and any(a.name == "ICON" for a in n.names)
+               for n in tree.body)
+    assert report.ICON.is_absolute() and report.ICON == icon.resolve()
+    assert '<link rel="icon" type="image/svg+xml" href="data:image/svg+xml;base64,' in reports.to_html([result])
 
 
 @pytest.mark.parametrize(
