@@ -43,6 +43,20 @@ def upload_limit_mb() -> float:
 
 
 def _upload_spec() -> tuple[str, str | None, str | None] | None:
+    """The upload in the widgets, else the last one of this session: a file uploader is emptied
+    when another page is shown, while the saved files stay on the server under their content hash."""
+    picked = _uploaded()
+    if picked is not None:
+        st.session_state["last_upload"] = picked
+        return picked
+    last = st.session_state.get("last_upload")
+    if last is not None and Path(last[0]).exists():
+        st.sidebar.caption(f"Using the earlier upload {last[2]}; upload another file to replace it.")
+        return last
+    return None
+
+
+def _uploaded() -> tuple[str, str | None, str | None] | None:
     limit = upload_limit_mb()
     mode = st.sidebar.radio("Upload", ("Checkpoint file", "Model folder"), horizontal=True, key="upload_mode")
     if mode == "Checkpoint file":
