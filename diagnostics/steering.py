@@ -874,11 +874,11 @@ def aggregate(frame: pd.DataFrame, strengths: list[float], penalties: list[float
             sel &= frame["direction"] == direction
         return frame[sel]
 
-    grid = [{"s": s, "p": p, **_cell_stats(pick("self", s, p), pick("null", s, p), boot, rng, controls)}
+    grid = [{"s": s, "p": p, **_cell_stats(pick("self", s, p), pick("random", s, p), boot, rng, controls)}
             for s in strengths for p in penalties]
     directions = []
     for s in strengths:
-        null = pick("null", s, 0.0)
+        null = pick("random", s, 0.0)
         for name in ("axis", "pc1", "probe", "control"):
             directions.append({"direction": name, "s": s, **_cell_stats(pick("direction", s, direction=name), null, boot, rng, controls)})
         row = {"direction": "random", "s": s, **_cell_stats(null, null, boot, rng, controls)}
@@ -896,7 +896,7 @@ def self_table(frame: pd.DataFrame, held: np.ndarray, prompts: list[str], placed
     top = strengths[-1]
     for r, i in enumerate(held):
         mine = frame[(frame["sample"] == int(i)) & (frame["kind"] == "self") & np.isclose(frame["p"], penalty)].sort_values("s")
-        nulls = frame[(frame["sample"] == int(i)) & (frame["kind"] == "null") & np.isclose(frame["p"], penalty)]
+        nulls = frame[(frame["sample"] == int(i)) & (frame["kind"] == "random") & np.isclose(frame["p"], penalty)]
         reach = [s for s, g in zip(mine["s"], mine["gain"]) if g > q95[(s, penalty)]]
         need = float(reach[0]) if reach else math.nan
         at_max = mine[np.isclose(mine["s"], top)].iloc[0]
@@ -1003,7 +1003,7 @@ def _steering_rows(cyl: dict, placed: dict, directions: dict[str, np.ndarray], p
                 if pen in P:
                     rows.append(({"kind": "self", "direction": "own", "s": s, "p": pen, "draw": -1}, v))
                 for k in range(p["null_draws"]):
-                    rows.append(({"kind": "null", "direction": "random", "s": s, "p": pen, "draw": k},
+                    rows.append(({"kind": "random", "direction": "random", "s": s, "p": pen, "draw": k},
                                  _unit(rng.standard_normal(d)) * np.linalg.norm(v)))
             for name, u in directions.items():
                 rows.append(({"kind": "direction", "direction": name, "s": s, "p": math.nan, "draw": -1}, s * unit * u))
@@ -1178,5 +1178,5 @@ def _examples(frame: pd.DataFrame, summary: dict, prompts: list[str], steered: n
 
         out.append({"sample": int(i), "prompt": prompts[r], "s": float(s), "p": float(pen),
                     "unsteered": text("unsteered"), "steered": text("self", s=s, p=pen),
-                    "random": text("null", s=s, p=pen, draw=0)})
+                    "random": text("random", s=s, p=pen, draw=0)})
     return out

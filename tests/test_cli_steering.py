@@ -95,7 +95,7 @@ def test_steered_rows_hold_every_kind_with_its_text(dogs):
     kinds = {}
     for r in steered:
         kinds.setdefault(r["kind"], set()).add(r["direction"])
-    assert kinds == {"unsteered": {"none"}, "self": {"own"}, "null": {"random"},
+    assert kinds == {"unsteered": {"none"}, "self": {"own"}, "random": {"random"},
                      "direction": {"axis", "pc1", "probe", "control"}}
     assert "text" in steered[0]  # empty here: the tiny model's greedy choice is a newline, stripped
     assert all(float(r["gain"]) == 0 for r in steered if r["kind"] == "unsteered")
@@ -136,7 +136,7 @@ def test_own_triples_tokens_and_protocol_flags(tiny, tmp_path, capsys):
     # two null draws per norm: per strength 2 self, 2 x 2 nulls, 4 directions
     steered = rows(out / "steered.csv")
     assert len(steered) == 2 * (1 + 2 * (2 + 4 + 4))
-    assert sorted({int(r["draw"]) for r in steered if r["kind"] == "null"}) == [0, 1]
+    assert sorted({int(r["draw"]) for r in steered if r["kind"] == "random"}) == [0, 1]
     assert any(r["text"] for r in steered)  # sampled, so not the greedy newlines
 
 

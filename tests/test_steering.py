@@ -9,6 +9,7 @@ and neutral likelihoods; scipy for the interval and test formulas.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -260,7 +261,7 @@ def test_planted_toy_self_steering_ranks_samples_by_their_normal_component():
     # rows per sample: unsteered, 4 s x 2 p self, 4 s x 2 p x 4 nulls, 4 s x 4 directions
     assert [len(rows) for rows in plan] == [1 + 8 + 32 + 16] * count
     for desc, v in plan[0]:
-        if desc["kind"] == "null":
+        if desc["kind"] == "random":
             own = steering.self_vectors(cyl["a_hat"], placed["cos_theta"][:1], placed["normal"][:1], [desc["s"]],
                                         [desc["p"]], cyl["axis_norm"])[0, 0, 0]
             assert np.linalg.norm(v) == pytest.approx(np.linalg.norm(own))  # the null has the steered vector's norm
@@ -290,7 +291,7 @@ def test_planted_toy_self_steering_ranks_samples_by_their_normal_component():
         assert by[("axis", s)]["reaching"] and by[("axis", s)]["concept_gain"] == pytest.approx(s * cyl["axis_norm"])
         assert not by[("control", s)]["reaching"] and abs(by[("control", s)]["concept_gain"]) < 1e-9
         assert by[("random", s)]["reaching"] is None
-        null = frame[(frame["kind"] == "null") & np.isclose(frame["s"], s) & np.isclose(frame["p"], 0.0)]["gain"]
+        null = frame[(frame["kind"] == "random") & np.isclose(frame["s"], s) & np.isclose(frame["p"], 0.0)]["gain"]
         assert by[("random", s)]["null_q95"] == pytest.approx(np.quantile(null, 0.95))
     cells = {(g["s"], g["p"]): g for g in grid}
     assert set(cells) == {(s, p) for s in params["strengths"] for p in (0.0, 1.0)}
@@ -698,10 +699,13 @@ def test_full_run_tables_and_report_round_trip(tiny, tiny_run):
     steered = pd.DataFrame(r.steered)
     # per steered sample: 1 unsteered + 3 s x 2 p self + 3 s x 2 p nulls + 3 s x 4 directions
     assert len(steered) == 2 * (1 + 6 + 6 + 12)
-    assert steered.groupby("kind").size().to_dict() == {"unsteered": 2, "self": 12, "null": 12, "direction": 24}
+    assert steered.groupby("kind").size().to_dict() == {"unsteered": 2, "self": 12, "random": 12, "direction": 24}
+    # written as CSV and read back by pandas, no kind turns into a missing value
+    again = pd.read_csv(io.StringIO(r.tables()["steered"].to_csv(index=False)))
+    assert again["kind"].notna().all() and again["direction"].notna().all()
     assert (steered.loc[steered["kind"] == "unsteered", "gain"] == 0).all()
     assert np.allclose(steered.loc[steered["kind"] == "unsteered", "ppl_ratio"], 1, atol=1e-5)
-    null = steered[steered["kind"] == "null"].set_index(["sample", "s", "p"])["norm"]
+    null = steered[steered["kind"] == "random"].set_index(["sample", "s", "p"])["norm"]
     own = steered[steered["kind"] == "self"].set_index(["sample", "s", "p"])["norm"]
     assert np.allclose(null.loc[own.index], own)
     grid = pd.DataFrame(r.grid)
