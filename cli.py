@@ -487,7 +487,7 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "overview": Command(cmd_overview, "every tensor of a model: shape, dtype, norm, analysed or skipped (tensors.csv)"),
+    "overview": Command(cmd_overview, "every tensor of a model: shape, dtype, Frobenius norm, NaN/Inf or all zero, analysed or skipped (tensors.csv)"),
     "spectra": Command(cmd_spectra, "per-layer ESD, power-law alpha and HTSR/SETOL metrics (layers.csv)", spectra_arguments),
     "alignment": Command(cmd_alignment, "maps between two models' embedding spaces, scored on held-out items (metrics.csv)",
                          alignment_arguments),

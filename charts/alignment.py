@@ -7,12 +7,15 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from charts.common import log_axes, title
 from diagnostics.alignment import MAP_TITLES, AlignmentResult
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC"]
 DASHES = {"random": "solid", "kcenter": "dash", "volume": "dot"}
 SCORES = {"top1_ab": "top-1 A→B", "top1_ba": "top-1 B→A", "class_top1_ab": "class top-1 A→B",
           "cos": "cosine", "cos_centred": "centred cosine"}
+# Builders the alignment page draws at full width (the rest share a row).
+FULL_WIDTH = ("before_after", "anchor_budget", "tradeoff", "heatmaps", "projection", "cross_modal", "zero_shot")
 
 
 def _colour(names: list[str]) -> dict[str, str]:
@@ -57,10 +60,12 @@ def before_after(result: AlignmentResult) -> go.Figure:
         over = "one draw, bars at the 95% interval over its queries"
     fig.update_layout(
         barmode="group", legend_title="map",
-        title=f"Held-out scores before (none) and after each map, {result.detail_anchors()} anchors ({over})",
+        **title("Held-out scores before and after each map",
+                f"{result.model_name}; none: no map; {result.detail_anchors()} anchors; {over}", full_width=True),
     )
     fig.update_yaxes(range=[min(0, float(frame[scores].min().min())), 1.02])
-    fig.update_yaxes(title_text="score", row=1, col=1)
+    fig.update_yaxes(title_text="score (top-1: share of queries; cosine)", row=1, col=1)
+    fig.update_xaxes(title_text="score")
     return fig
 
 
@@ -90,10 +95,11 @@ def anchor_budget(result: AlignmentResult, maps: list[str] | None = None, strate
         fig.update_xaxes(type="log", title_text="anchors", tickmode="array", tickvals=counts, row=1, col=col)
     seeds = sorted(set(pd.DataFrame(result.budget)["seed"]))
     fig.update_layout(
-        title=f"Quality against anchor budget ({SCORES.get(score, score)}, held out; mean ± sd over seeds {seeds})",
-        yaxis_title=SCORES.get(score, score), legend_title="map · anchor choice",
+        **title("Quality against anchor budget",
+                f"{SCORES.get(score, score)} on held-out items; mean ± sd over seeds {seeds}", full_width=True),
+        yaxis_title=_score_axis(score), legend_title="map · anchor choice",
     )
-    return fig
+    return log_axes(fig)
 
 
 def tradeoff(result: AlignmentResult, score: str = "top1_ab") -> go.Figure:
@@ -126,30 +132,56 @@ def tradeoff(result: AlignmentResult, score: str = "top1_ab") -> go.Figure:
         first = frame.iloc[0]
         where = f"{first['split']}, {int(first['n_anchors'])} anchors, draw 0"
     fig.update_layout(
-        title=f"The orthogonality trade-off: ||W^T W - I|| against {SCORES.get(score, score)} over penalty weights "
-              f"({where or f'{result.detail_anchors()} anchors'}; errors below {floor:g} drawn at {floor:g})",
+        **title("The orthogonality trade-off",
+                f"||W^T W - I|| against {SCORES.get(score, score)} over penalty weights "
+                f"({where or f'{result.detail_anchors()} anchors'}); errors below {floor:g} drawn at {floor:g}",
+                full_width=True),
         xaxis_type="log", xaxis_title="||W^T W - I||_F (penalised: the lambda-orthogonality threshold its weight enforces)",
-        yaxis_title=SCORES.get(score, score), legend_title="family",
+        yaxis_title=_score_axis(score), legend_title="family",
     )
-    return fig
+    return log_axes(fig)
+
+
+def _class_ticks(labels: list[str]) -> tuple[list[float], list[str], list[float]]:
+    """For items sorted by label: each class's centre and name, and the boundaries between classes."""
+    starts = [i for i in range(len(labels)) if i == 0 or labels[i] != labels[i - 1]]
+    ends = starts[1:] + [len(labels)]
+    return [(a + b - 1) / 2 for a, b in zip(starts, ends)], [labels[a] for a in starts], [b - 0.5 for b in ends[:-1]]
 
 
 def heatmaps(result: AlignmentResult) -> go.Figure:
-    """Cosine similarities on a sample of held-out items: within each space and across, before and after."""
+    """Cosine similarities on a sample of held-out items: within each space and across, before and after.
+    With labels the items are sorted by class: ticks name the classes and lines mark where they change."""
     h = result.heatmaps
-    titles = ["within A", "within B", "A vs B, no map", f"A mapped ({h.get('map', '')}) vs B"]
-    fig = make_subplots(rows=1, cols=4, subplot_titles=titles, horizontal_spacing=0.03)
-    labels = h.get("labels") or [str(r) for r in h.get("rows", [])]
-    ticks = [f"{i}:{lab}" for i, lab in enumerate(labels)]
-    for col, key in enumerate(("within_a", "within_b", "cross_before", "cross_after"), 1):
+    m = h.get("map", "")
+    panels = (("within_a", "within A", "A's item"), ("within_b", "within B", "B's item"),
+              ("cross_before", "A vs B, no map", "B's item"), ("cross_after", f"A mapped ({m}) vs B", "B's item"))
+    # Every panel's rows are the same held-out items in the same order: one shared row axis.
+    fig = make_subplots(rows=1, cols=4, subplot_titles=[p[1] for p in panels], horizontal_spacing=0.03,
+                        shared_yaxes=True)
+    labels = [str(label) for label in h.get("labels") or []]
+    n = len(h.get("rows", []))
+    hover = [[f"{labels[i]} · {labels[j]}" for j in range(n)] for i in range(n)] if labels else None
+    centres, names, edges = _class_ticks(labels)
+    ticks = dict(tickmode="array", tickvals=centres, ticktext=names) if labels else {}
+    for col, (key, _, x_title) in enumerate(panels, 1):
         z = np.asarray(h.get(key, []), dtype=float)
-        fig.add_heatmap(z=z, x=ticks, y=ticks, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
-                        showscale=col == 4, row=1, col=col,
-                        hovertemplate="row %{y}<br>column %{x}<br>cosine %{z:.3f}<extra></extra>")
-        fig.update_xaxes(showticklabels=False, row=1, col=col)
-        fig.update_yaxes(showticklabels=False, autorange="reversed", row=1, col=col)
-    fig.update_layout(title=f"Cosine similarities, {len(ticks)} held-out items sorted by label (rows: A's item, columns: B's)",
-                      height=380)
+        fig.add_heatmap(z=z, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True, text=hover,
+                        showscale=col == 4, colorbar_title="cosine", row=1, col=col,
+                        hovertemplate=("row %{y}, column %{x}" + ("<br>%{text}" if labels else "")
+                                       + "<br>cosine %{z:.3f}<extra></extra>"))
+        fig.update_xaxes(title_text=x_title, **ticks, row=1, col=col)
+        fig.update_yaxes(autorange="reversed", **ticks, row=1, col=col)
+        for edge in edges:
+            fig.add_shape(type="line", x0=edge, x1=edge, y0=-0.5, y1=n - 0.5, line=dict(color="#333", width=1),
+                          row=1, col=col)
+            fig.add_shape(type="line", x0=-0.5, x1=n - 0.5, y0=edge, y1=edge, line=dict(color="#333", width=1),
+                          row=1, col=col)
+    fig.update_yaxes(title_text="held-out item", row=1, col=1)
+    how = "sorted by class, lines between classes" if labels else "in held-out order (no labels)"
+    fig.update_layout(**title("Cosine similarities of held-out items",
+                              f"{n} items {how}; row i and column i are the same item (rows: A's embedding, B's in "
+                              "'within B'); a good map makes the last panel diagonal", full_width=True), height=420)
     return fig
 
 
@@ -171,6 +203,8 @@ def projection(result: AlignmentResult) -> go.Figure:
             fig.add_scatter(x=pts[:, 0], y=pts[:, 1], mode="markers", name=f"{'A' if pts is a else 'B'}: {name}",
                             marker={"color": colour, "symbol": symbol, "size": 6, "opacity": 0.7}, showlegend=col == 1,
                             text=labels, hovertemplate="%{text}<extra></extra>" if labels else None, row=1, col=col)
+    fig.update_xaxes(title_text="PC 1 (PCA of both spaces together)")
+    fig.update_yaxes(title_text="PC 2")
     fig.update_layout(title="Both spaces in one 2-D PCA, before and after the map", height=420)
     return fig
 
@@ -182,9 +216,10 @@ def singular_values(result: AlignmentResult) -> go.Figure:
     for g in result.geometry:
         s = np.asarray(g.get("singular_values") or [], float)
         fig.add_scatter(y=s, mode="lines", name=g["map"], line={"color": colours[g["map"]]})
-    fig.update_layout(title=f"Singular values of each map ({result.detail_anchors()} anchors)", xaxis_title="index",
+    fig.update_layout(**title("Singular values of each map", f"{result.detail_anchors()} anchors; all 1 for an "
+                              "orthogonal map"), xaxis_title="index (largest first)",
                       yaxis_title="singular value", yaxis_type="log")
-    return fig
+    return log_axes(fig)
 
 
 def similarity(result: AlignmentResult) -> go.Figure:
@@ -203,9 +238,11 @@ def similarity(result: AlignmentResult) -> go.Figure:
                 error_y={"type": "data", "array": frame["null_sd"].fillna(0)}, marker_color="#BBBBBB")
     n = int(frame["n_rows"].iloc[0])
     perms = result.params.get("n_permutations")
-    fig.update_layout(barmode="group", title=f"Map-free similarity on {n} held-out items, beside {perms} shuffles "
-                                             "(z: distance from the null mean in null sds)",
-                      yaxis_title="similarity",
+    fig.update_layout(barmode="group",
+                      **title("Map-free similarity beside its shuffled null",
+                              f"{n} held-out items, {perms} shuffles of B's rows; z: distance from the null mean in "
+                              "null sds"),
+                      xaxis_title="measure", yaxis_title="similarity (1: the same geometry)",
                       yaxis_range=[min(0.0, float(frame[["value", "null_mean"]].min().min()) - 0.05), 1.15])
     return fig
 
@@ -221,7 +258,8 @@ def cross_modal(result: AlignmentResult) -> go.Figure | None:
                     marker_color="#BBBBBB" if row["map"] == "none" else colours[row["map"]])
     first = frame.iloc[0]
     fig.update_layout(barmode="group", title=f"Maps fitted on {first['fitted_on']}, tested on {first['tested_on']} "
-                                             f"({int(first['n_test'])} held-out items)", yaxis_title="score")
+                                             f"({int(first['n_test'])} held-out items)",
+                      xaxis_title="score", yaxis_title="score (top-1: share of queries; cosine)")
     return fig
 
 
@@ -235,13 +273,18 @@ def zero_shot(result: AlignmentResult) -> go.Figure | None:
     chance = float(frame["chance"].iloc[0])
     fig.add_hline(y=chance, line_dash="dot", annotation_text=f"chance {chance:.2f}")
     fig.update_layout(barmode="group", title="Zero-shot labelling with each model's towers and across the map",
-                      yaxis_title="accuracy", legend_title="setting")
+                      xaxis_title="map (native: no map)", yaxis_title="accuracy (share labelled correctly)",
+                      legend_title="setting")
     return fig
 
 
-def _empty(title: str) -> go.Figure:
+def _score_axis(score: str) -> str:
+    return f"{SCORES.get(score, score)} ({'mean cosine' if score.startswith('cos') else 'share of queries'})"
+
+
+def _empty(text: str) -> go.Figure:
     fig = go.Figure()
-    fig.update_layout(title=title)
+    fig.update_layout(title=text)
     return fig
 
 

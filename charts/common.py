@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import textwrap
+
+import numpy as np
+import plotly.graph_objects as go
+
+# Characters of a title that fit a chart the pages draw at half and at full width, and of one subtitle
+# line (smaller type). Each module's FULL_WIDTH names its builders drawn at full width.
+TITLE_MAX, TITLE_MAX_FULL = 60, 100
+SUBTITLE_WRAP, SUBTITLE_WRAP_FULL = 80, 150
+
 
 def block_order(blocks) -> list[str]:
     """Embeddings first, numbered blocks in numeric order, then everything else."""
@@ -10,3 +20,43 @@ def block_order(blocks) -> list[str]:
     first = [b for b in blocks if b == "embeddings"]
     rest = sorted(b for b in blocks if b not in numbered and b not in first)
     return first + numbered + rest
+
+
+def title(text: str, subtitle: str = "", full_width: bool = False) -> dict:
+    """Layout for a short title over a subtitle wrapped to lines that fit the chart's width; the top
+    margin grows to hold them, so neither is clipped."""
+    lines = textwrap.wrap(subtitle, SUBTITLE_WRAP_FULL if full_width else SUBTITLE_WRAP, break_on_hyphens=False)
+    return {"title": {"text": text, "subtitle": {"text": "<br>".join(lines)}, "automargin": True}}
+
+
+def _axis_name(ref: str) -> str:
+    """A trace's axis reference ('x', 'y2') as its layout key ('xaxis', 'yaxis2')."""
+    return f"{ref[0]}axis{ref[1:]}"
+
+
+def log_axes(fig: go.Figure) -> go.Figure:
+    """Log axes print 10^k (SI prefixes such as "100p" read as units), and values <= 0, which a log axis
+    cannot place, are taken out of their traces with a note saying how many, rather than vanishing
+    without a word or plunging off the chart. Call it once the traces and axis types are set."""
+    log = {key for key, axis in fig.layout.to_plotly_json().items()
+           if key.startswith(("xaxis", "yaxis")) and axis.get("type") == "log"}
+    dropped = 0
+    for trace in fig.data:
+        if not hasattr(trace, "xaxis"):
+            continue
+        for letter in ("x", "y"):
+            values = getattr(trace, letter)
+            if values is None or _axis_name(getattr(trace, f"{letter}axis") or letter) not in log:
+                continue
+            numbers = np.asarray(values, dtype=float)
+            gone = numbers <= 0
+            if gone.any():
+                dropped += int(gone.sum())
+                setattr(trace, letter, np.where(gone, np.nan, numbers))
+    for key in log:
+        fig.layout[key].update(exponentformat="power", showexponent="all")
+    if dropped:
+        fig.add_annotation(text=f"{dropped} value{'s' if dropped > 1 else ''} <= 0 not shown (log axis)",
+                           xref="paper", yref="paper", x=1, y=0, xanchor="right", yanchor="bottom", showarrow=False,
+                           font=dict(size=11, color="#666"), bgcolor="rgba(255,255,255,0.8)")
+    return fig

@@ -6,13 +6,18 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from charts.common import log_axes, title
 from diagnostics.directions import DirectionsResult
 
 _BLUE, _ORANGE, _GREEN = "#4C78A8", "#F58518", "#54A24B"
 _PALETTE = ("#4C78A8", "#F58518", "#E45756", "#72B7B2", "#54A24B", "#EECA3B", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC")
+# Builders the directions page draws at full width (the rest share a row).
+FULL_WIDTH = ("traversal",)
+# Gaps, errors and KL values can be tiny: 10^k ticks, not SI prefixes such as "10µ".
+_POWER = dict(exponentformat="power", showexponent="all")
 
 
-def _title(result: DirectionsResult) -> str:
+def _matrix_name(result: DirectionsResult) -> str:
     names = [m["name"] for m in result.matrices]
     return names[0] if len(names) == 1 else f"{len(names)} stacked matrices"
 
@@ -24,11 +29,12 @@ def spectrum(result: DirectionsResult) -> go.Figure:
     fig.add_vline(x=result.k + 0.5, line_dash="dash", line_color="#888",
                   annotation_text=f"k = {result.k}", annotation_position="top right")
     fig.update_layout(
-        title=f"Singular values of A (raw), {_title(result)}<br><sup>rank {result.rank} · effective rank "
-              f"{result.effective_rank:.1f} · stable rank {result.stable_rank:.1f}</sup>",
-        xaxis_title="index", yaxis_title="singular value of A (raw)", yaxis_type="log", showlegend=False,
+        **title("Singular values of A (raw)", f"{_matrix_name(result)} · rank {result.rank} · effective rank "
+                f"{result.effective_rank:.1f} · stable rank {result.stable_rank:.1f}"),
+        xaxis_title="index (largest first)", yaxis_title="singular value of A (weight units)", yaxis_type="log",
+        showlegend=False,
     )
-    return fig
+    return log_axes(fig)
 
 
 def _unresolved_note(result: DirectionsResult) -> str:
@@ -56,8 +62,8 @@ def eigengaps(result: DirectionsResult) -> go.Figure:
     fig.add_hline(y=deg["threshold"], line_dash="dash", line_color="#888",
                   annotation_text=f"sqrt(2/n) = {deg['threshold']:.3g}, n = {deg['samples']} rows")
     fig.update_layout(
-        title=f"Relative eigengap (l_i - l_(i+1)) / l_i<br><sup>{_unresolved_note(result)} · hatched: unresolved</sup>",
-        xaxis_title="direction", yaxis_title="relative gap to the next eigenvalue", barmode="group",
+        **title("Relative eigengap (l_i - l_(i+1)) / l_i", f"{_unresolved_note(result)} · hatched: unresolved"),
+        xaxis_title="direction", yaxis=dict(title="relative gap to the next eigenvalue", **_POWER), barmode="group",
         xaxis_type="category", legend=dict(orientation="h", y=-0.25),
     )
     return fig
@@ -70,9 +76,9 @@ def subspace(result: DirectionsResult) -> go.Figure:
     fig = go.Figure(go.Bar(x=[str(i) for i in range(1, len(cos) + 1)], y=cos, marker_color=_GREEN, customdata=degrees,
                            hovertemplate="angle %{x}: cos %{y:.4f} (%{customdata:.2f} degrees)<extra></extra>"))
     fig.update_layout(
-        title=f"Top-{result.k} subspaces, rownorm against raw: overlap {result.subspace_overlap:.4f}"
-              f"<br><sup>cosines of the principal angles; overlap = mean squared cosine</sup>",
-        xaxis_title="principal angle", yaxis_title="cos", yaxis_range=[0, 1.02], xaxis_type="category",
+        **title(f"Top-{result.k} subspaces, rownorm against raw: overlap {result.subspace_overlap:.4f}",
+                "cosines of the principal angles; overlap = mean squared cosine"),
+        xaxis_title="principal angle", yaxis_title="cos of the angle", yaxis_range=[0, 1.02], xaxis_type="category",
     )
     return fig
 
@@ -85,7 +91,7 @@ def rownorm_vs_raw(result: DirectionsResult) -> go.Figure:
     caveat = ("near-degenerate: single directions are not determined, read the subspace overlap"
               if result.degeneracy["near_degenerate"] else "every direction resolved in both")
     fig.update_layout(
-        title=f"Directions: rownorm (genforce) against raw (A^T A)<br><sup>{caveat}</sup>",
+        **title("Directions: rownorm (genforce) against raw (A^T A)", caveat),
         xaxis_title="raw direction (eigenvector of A^T A)", yaxis_title="rownorm direction", yaxis_autorange="reversed",
         xaxis_type="category", yaxis_type="category",
     )
@@ -103,10 +109,12 @@ def projector_error(result: DirectionsResult) -> go.Figure:
     fig.add_trace(go.Scatter(x=[result.k], y=[result.fit["error"] / frobenius], mode="markers", name="fitted Householder projector",
                              marker=dict(color=_GREEN, size=12, symbol="x")))
     fig.update_layout(
-        title="Distance to the nearest rank-k projector, relative to ||A||_F",
-        xaxis_title="k", yaxis_title="||A - c P||_F / ||A||_F", xaxis_type="log", legend=dict(orientation="h", y=-0.25),
+        **title("Distance to the nearest rank-k projector", "relative to ||A||_F; c P: c times a rank-k partial "
+                "isometry"),
+        xaxis_title="k (rank)", yaxis=dict(title="||A - c P||_F / ||A||_F", **_POWER), xaxis_type="log",
+        legend=dict(orientation="h", y=-0.25),
     )
-    return fig
+    return log_axes(fig)
 
 
 def fit_progress(result: DirectionsResult) -> go.Figure:
@@ -120,7 +128,7 @@ def fit_progress(result: DirectionsResult) -> go.Figure:
     return fig
 
 
-def _heatmap(z, title: str, colorbar: str, symmetric: bool, tickformat: str = ".2f") -> go.Figure:
+def _heatmap(z, heading: str, subtitle: str, colorbar: str, symmetric: bool, tickformat: str = ".2f") -> go.Figure:
     z = np.asarray(z, dtype=float)
     labels = [str(i + 1) for i in range(z.shape[0])]
     limit = float(np.abs(z).max()) or 1.0
@@ -129,24 +137,24 @@ def _heatmap(z, title: str, colorbar: str, symmetric: bool, tickformat: str = ".
         zmin=-limit if symmetric else 0, zmax=limit, colorbar_title=colorbar, colorbar_tickformat=tickformat,
         hovertemplate="%{y} · %{x}: %{z:.3g}<extra></extra>",
     ))
-    fig.update_layout(title=title, yaxis_autorange="reversed", xaxis_type="category", yaxis_type="category",
-                      xaxis_title="direction", yaxis_title="direction")
+    fig.update_layout(**title(heading, subtitle), yaxis_autorange="reversed", xaxis_type="category",
+                      yaxis_type="category", xaxis_title="direction", yaxis_title="direction")
     return fig
 
 
 def orthogonality(result: DirectionsResult) -> go.Figure:
     worst = float(np.abs(np.asarray(result.gram_minus_identity)).max())
     # Entries are rounding-level; SI prefixes would label them "1f" (femto).
-    return _heatmap(result.gram_minus_identity, f"Orthogonality N^T N - I, {result.chosen} directions "
-                    f"(max |entry| {worst:.2g})", "entry", True, ".0e")
+    return _heatmap(result.gram_minus_identity, f"Orthogonality N^T N - I, {result.chosen} directions",
+                    f"max |entry| {worst:.2g}", "entry", True, ".0e")
 
 
 def crosstalk(result: DirectionsResult) -> go.Figure:
     cos = np.asarray(result.crosstalk_cos, dtype=float)
     off = cos[~np.eye(len(cos), dtype=bool)]
     worst = float(np.abs(off).max()) if off.size else 0.0
-    return _heatmap(cos, f"Output cross-talk cos(A n_i, A n_j), {result.chosen} directions (max off-diagonal "
-                    f"{worst:.3f})", "cos", True)
+    return _heatmap(cos, "Output cross-talk cos(A n_i, A n_j)",
+                    f"{result.chosen} directions; max off-diagonal {worst:.3f}", "cos", True)
 
 
 def traversal(result: DirectionsResult) -> go.Figure | None:
@@ -170,7 +178,9 @@ def traversal(result: DirectionsResult) -> go.Figure | None:
             fig.add_trace(go.Scatter(x=[a for a, _ in ratio], y=[v for _, v in ratio], mode="lines+markers", line=line,
                                      name=f"direction {j}", legendgroup=str(j), showlegend=False), row=1, col=2)
     fig.update_xaxes(title_text="alpha (x mean input norm)")
-    fig.update_yaxes(title_text="nats" if lm else "||e_alpha - e_0||", row=1, col=1)
+    fig.update_yaxes(title_text="KL (nats)" if lm else "||e_alpha - e_0|| (embedding units)", **_POWER, row=1, col=1)
+    if lm:
+        fig.update_yaxes(title_text="KL / alpha^2 (nats)", **_POWER, row=1, col=2)
     fig.update_layout(title="Traversal along the chosen directions")
     return fig
 

@@ -7,11 +7,13 @@ import math
 import numpy as np
 import plotly.graph_objects as go
 
-from charts.common import block_order
+from charts.common import block_order, log_axes, title
 from diagnostics.spectra import OVER_TRAINED_ALPHA, UNDER_TRAINED_ALPHA, SpectraResult, mp_bulk_density
 
 CLASS_COLOURS = {"over-trained": "#D62728", "well-trained": "#2CA02C", "under-trained": "#FF7F0E"}
 UNTRUSTED = "#9E9E9E"
+# Builders the spectra page draws at full width (the rest share a row).
+FULL_WIDTH = ("alpha_per_layer", "layer_esd")
 
 
 def htsr_class(alpha: float | None) -> str:
@@ -66,8 +68,10 @@ def alpha_per_layer(result: SpectraResult, names: list[str] | None = None) -> go
         fig.add_hline(y=level, line_dash="dash", line_color="#555", annotation_text=f"alpha = {level:g}")
     trusted = sum(bool(r["pl_trust"]) for r in rows)
     fig.update_layout(
-        title=f"Power-law alpha per layer ({trusted} of {len(rows)} trusted): {result.model_name}",
-        xaxis_title="layer (model order)", yaxis_title="alpha", legend_title="HTSR class",
+        **title("Power-law alpha per layer", f"{result.model_name}: {trusted} of {len(rows)} fits trusted; bars: "
+                "alpha interval; hollow grey: untrusted fit", full_width=True),
+        xaxis_title="layer (model order)", yaxis_title="alpha (power-law exponent)",
+        legend_title="HTSR class",
     )
     return fig
 
@@ -143,16 +147,16 @@ def layer_esd(result: SpectraResult, name: str) -> go.Figure:
         vertical(xmin, "xmin", "#D62728", "dash")
     if row.get("detX_val") is not None and row["detX_val"] > 0:
         vertical(row["detX_val"], "detX boundary", "#9467BD", "dashdot")
-    note = " (quantile-subsampled)" if esd.get("subsampled") else ""
-    trust = "trusted" if row["pl_trust"] else "not trusted"
+    notes = [f"{row.get('phase', '?')}", f"power law {'trusted' if row['pl_trust'] else 'not trusted'}"]
+    if esd.get("subsampled"):
+        notes.append("eigenvalues quantile-subsampled")
+    if positive.size < evals.size:
+        notes.append(f"{evals.size - positive.size} eigenvalues <= 0 not shown (log axis)")
     fig.update_layout(
-        title=f"ESD of {name}: {row.get('phase', '?')}, power law {trust}{note}", xaxis_type="log", yaxis_type="log",
-        xaxis_title="eigenvalue lambda of W^T W", yaxis_title="density",
+        **title(f"ESD of {name}", "; ".join(notes), full_width=True), xaxis_type="log", yaxis_type="log",
+        xaxis_title="eigenvalue lambda of W^T W (squared singular value)", yaxis_title="density (per unit of lambda)",
     )
-    # 1e-5 rather than SI prefixes such as "10µ", which read as units on a density axis.
-    fig.update_xaxes(exponentformat="power")
-    fig.update_yaxes(exponentformat="power")
-    return fig
+    return log_axes(fig)
 
 
 def alpha_vs_spectral_norm(result: SpectraResult, names: list[str] | None = None) -> go.Figure:
@@ -166,8 +170,9 @@ def alpha_vs_spectral_norm(result: SpectraResult, names: list[str] | None = None
             text=[f"{r['name']}<br>phase: {r.get('phase', '?')}" for r in part],
             hovertemplate="%{text}<br>log10 lambda_max=%{x:.3f}<br>alpha=%{y:.3f}<extra></extra>",
         ))
-    fig.update_layout(title="alpha against log spectral norm (hollow: untrusted fit)", xaxis_title="log10 lambda_max", yaxis_title="alpha",
-                      legend_title="kind")
+    fig.update_layout(**title("alpha against log spectral norm", "hollow: untrusted fit"),
+                      xaxis_title="log10 lambda_max (largest eigenvalue of W^T W)",
+                      yaxis_title="alpha (power-law exponent)", legend_title="kind")
     return fig
 
 
@@ -178,8 +183,8 @@ def mean_alpha_per_block(result: SpectraResult) -> go.Figure:
     text = [f"{by_block[b].get('trusted', by_block[b]['count'])} of {by_block[b]['count']}" for b in order]
     fig = go.Figure(go.Bar(x=order, y=[by_block[b]["alpha"] for b in order], marker_color="#4C78A8", text=text,
                            hovertemplate="block %{x}<br>mean alpha %{y:.3f}<br>%{text} layers trusted<extra></extra>"))
-    fig.update_layout(title="Mean alpha per block (trusted fits only)", xaxis_title="block", yaxis_title="mean alpha",
-                      xaxis_type="category")
+    fig.update_layout(**title("Mean alpha per block", "trusted fits only; bar label: trusted of all layers"),
+                      xaxis_title="block", yaxis_title="mean alpha (power-law exponent)", xaxis_type="category")
     return fig
 
 

@@ -4,12 +4,12 @@ coherence, the cylinder's shape, the normal plane, baselines and the layer sweep
 from __future__ import annotations
 
 import math
-import textwrap
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from charts.common import log_axes, title
 from diagnostics.steering import DIRECTION_NAMES, SteeringResult
 
 _BLUE, _ORANGE, _GREEN, _RED, _GREY = "#4C78A8", "#F58518", "#54A24B", "#E45756", "#BAB0AC"
@@ -18,20 +18,15 @@ _DIRECTIONS = (("axis", _BLUE), ("pc1", _GREEN), ("probe", _PURPLE), ("control",
 # One colour per self-steering penalty; the axis keeps blue in every chart.
 _PENALTY_COLOURS = (_ORANGE, _RED, _TEAL, "#EECA3B", "#FF9DA6", "#79706E")
 _NULL_FILL = "rgba(150, 150, 150, 0.25)"
-_WRAP = 95
 _GAIN = "gain: change of the log expected number of concept words in a teacher-forced window of the response"
 _HEIGHT = 600  # the wrapped subtitle and the legend below need room beside the plot
+# Builders the steering page draws at full width (the rest share a row).
+FULL_WIDTH = ("layer_sweep",)
 
 
 def _num(value) -> float:
     """A number from a result field; None (a NaN after a JSON round trip) becomes NaN."""
     return math.nan if value is None else float(value)
-
-
-def _title(title: str, subtitle: str) -> dict:
-    """Layout for a title over a subtitle wrapped to lines that fit a half-width chart; the top margin grows to hold them."""
-    return {"title": {"text": title, "subtitle": {"text": "<br>".join(textwrap.wrap(subtitle, _WRAP))},
-                      "automargin": True}}
 
 
 def _where(result: SteeringResult) -> str:
@@ -127,9 +122,9 @@ def _null_band(fig: go.Figure, rows: list[dict], name: str, colour: str, group: 
                              hovertemplate=f"{name}<br>s = %{{x:.3g}}: 95th percentile %{{y:.3g}} nats<extra></extra>"))
 
 
-def _gain_layout(fig: go.Figure, result: SteeringResult, title: str, subtitle: str) -> go.Figure:
+def _gain_layout(fig: go.Figure, result: SteeringResult, heading: str, subtitle: str) -> go.Figure:
     fig.add_hline(y=0, line_color="#999", line_width=1)
-    fig.update_layout(**_title(f"{title}, {_where(result)}", subtitle), xaxis_title=_strength_axis(result),
+    fig.update_layout(**title(heading, f"{_where(result)}; {subtitle}"), xaxis_title=_strength_axis(result),
                       yaxis_title="concept gain (nats)", legend=dict(orientation="h", y=-0.25), height=_HEIGHT)
     fig.update_yaxes(exponentformat="power")
     fig.update_xaxes(exponentformat="power")
@@ -217,10 +212,11 @@ def concept_rates(result: SteeringResult) -> go.Figure:
     t = _num(params.get("temperature"))
     how = "greedy" if not t > 0 else f"sampled at temperature {t:g}"
     fig.update_layout(
-        **_title(f"Concept in the generated text, {_where(result)}",
-                 f"{how} continuations of {params.get('gen_tokens')} tokens on the {_prompts(result)} naming a concept "
-                 "word (word-boundary match); self-steering (CRH protocol) and the axis (directions protocol); bars: "
-                 "95% Wilson interval; dashed: random directions of the same norm; grey band: unsteered"),
+        **title("Concept in the generated text",
+                f"{_where(result)}; "
+                f"{how} continuations of {params.get('gen_tokens')} tokens on the {_prompts(result)} naming a concept "
+                "word (word-boundary match); self-steering (CRH protocol) and the axis (directions protocol); bars: "
+                "95% Wilson interval; dashed: random directions of the same norm; grey band: unsteered"),
         xaxis_title=_strength_axis(result), yaxis_title="continuations naming it (share)",
         yaxis=dict(tickformat=".0%", range=[-0.03, 1.03]), legend=dict(orientation="h", y=-0.25), height=_HEIGHT,
     )
@@ -254,22 +250,23 @@ def coherence(result: SteeringResult) -> go.Figure:
                              name=f"coherence limit of the headline ({limit:g}x)",
                              line=dict(color=_RED, dash="dash", width=1), hoverinfo="skip"))
     fig.update_layout(
-        **_title(f"Coherence under steering, {_where(result)}",
-                 f"perplexity of {result.params.get('neutral_sentences')} neutral sentence(s) with each vector added at "
-                 "every token, over the unsteered model's; directions (directions protocol, dashed grey: random) and "
-                 f"self-steering cells (CRH protocol, dotted) of the {_prompts(result)}; repetition in the hover; the "
-                 "headline only counts strengths under the red line"),
+        **title("Coherence under steering",
+                f"{_where(result)}; "
+                f"perplexity of {result.params.get('neutral_sentences')} neutral sentence(s) with each vector added at "
+                "every token, over the unsteered model's; directions (directions protocol, dashed grey: random) and "
+                f"self-steering cells (CRH protocol, dotted) of the {_prompts(result)}; repetition in the hover; the "
+                "headline only counts strengths under the red line"),
         xaxis_title=_strength_axis(result), yaxis_title="perplexity ratio (steered / unsteered)",
         legend=dict(orientation="h", y=-0.25), height=_HEIGHT,
     )
-    fig.update_yaxes(type="log", exponentformat="power")
+    fig.update_yaxes(type="log")
     fig.update_xaxes(exponentformat="power")
-    return fig
+    return log_axes(fig)
 
 
 def histograms(result: SteeringResult) -> go.Figure:
     """cos(theta_i) and |d_i|, fit and held-out triples overlaid, with |a| and mean |d| marked."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("cos(theta): alignment with the axis", "|d|: difference length"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("cos(theta) to the axis", "length |d|"))
     counts = {}
     for split, color in (("fit", _BLUE), ("held-out", _ORANGE)):
         rows = _split(result, split)
@@ -286,13 +283,14 @@ def histograms(result: SteeringResult) -> go.Figure:
     for value, label, is_unit in ((result.axis_norm, "|a|", unit_is_axis), (result.mean_norm, "mean |d|", not unit_is_axis)):
         fig.add_vline(x=_num(value), line_dash="dash" if is_unit else "dot", line_color="#666", row=1, col=2,
                       annotation_text=label + (" (s = 1)" if is_unit else ""), annotation_position="top right")
-    fig.update_xaxes(title_text="cos(theta) (1 = along the axis)", row=1, col=1)
+    fig.update_xaxes(title_text="cos(theta)", row=1, col=1)
     fig.update_xaxes(title_text="|d| (hidden-state units)", exponentformat="power", row=1, col=2)
     fig.update_yaxes(title_text="triples")
     fig.update_layout(barmode="overlay",
-                      **_title(f"Difference vectors of {_where(result)}",
-                               f"geometry: the axis is fitted on the {counts['fit']} fit triples; the "
-                               f"{counts['held-out']} held-out triples are measured against it"),
+                      **title("Difference vectors",
+                              f"{_where(result)}; "
+                              f"geometry: the axis is fitted on the {counts['fit']} fit triples; the "
+                              f"{counts['held-out']} held-out triples are measured against it"),
                       legend=dict(orientation="h", y=-0.2))
     return fig
 
@@ -352,11 +350,12 @@ def normal_plane(result: SteeringResult) -> go.Figure:
     p = _num(selfs[0]["p"]) if selfs else math.nan
     explained = [_num(e) for e in result.explained] + [math.nan, math.nan]
     fig.update_layout(
-        **_title(f"Normal plane of {_where(result)}",
-                 f"self-steering (CRH protocol) at p = {p:g} on the {_prompts(result)}, placed on the plane fitted to "
-                 f"the {result.n_fit} fit triples (grey dots); colour: 1 / the smallest s whose gain beats the null's "
-                 f"95th percentile; hollow: none does; the plane holds {explained[0]:.0%} + {explained[1]:.0%} of the "
-                 "fit triples' normal variance"),
+        **title("Normal plane",
+                f"{_where(result)}; "
+                f"self-steering (CRH protocol) at p = {p:g} on the {_prompts(result)}, placed on the plane fitted to "
+                f"the {result.n_fit} fit triples (grey dots); colour: 1 / the smallest s whose gain beats the null's "
+                f"95th percentile; hollow: none does; the plane holds {explained[0]:.0%} + {explained[1]:.0%} of the "
+                "fit triples' normal variance"),
         xaxis_title="normal coordinate 1 (hidden-state units)", yaxis_title="normal coordinate 2 (hidden-state units)",
         yaxis_scaleanchor="x", legend=dict(orientation="h", y=-0.2), height=_HEIGHT,
     )
@@ -387,10 +386,11 @@ def sector_polar(result: SteeringResult) -> go.Figure:
     n = sum(int(r["count"]) for r in rows)
     p = _num(result.self_steering[0]["p"]) if result.self_steering else math.nan
     fig.update_layout(
-        **_title(f"Steerability by sector, {_where(result)}",
-                 f"self-steering (CRH protocol) at p = {p:g}: {n} held-out samples over {k} sectors of the fit plane, "
-                 "so each sector holds few (count at the rim): a sketch, not an estimate; radius: mean steerability "
-                 f"1 / s, s the smallest strength ({unit_label(result)}) beating the null, 0 where none does"),
+        **title("Steerability by sector",
+                f"{_where(result)}; "
+                f"self-steering (CRH protocol) at p = {p:g}: {n} held-out samples over {k} sectors of the fit plane, "
+                "so each sector holds few (count at the rim): a sketch, not an estimate; radius: mean steerability "
+                f"1 / s, s the smallest strength ({unit_label(result)}) beating the null, 0 where none does"),
         polar=dict(angularaxis=dict(direction="counterclockwise", rotation=0, tickmode="array", tickvals=centres,
                                     ticktext=[f"{r['sector']} (n = {r['count']})" for r in rows]),
                    radialaxis=dict(exponentformat="power")), height=_HEIGHT, margin=dict(l=70, r=70),
@@ -406,11 +406,12 @@ def baseline_cosines(result: SteeringResult) -> go.Figure:
                                hovertemplate="%{y} · %{x}: %{z:.4f}<extra></extra>"))
     b, control = result.baselines, result.concept.get("control", {})
     fig.update_layout(
-        **_title(f"Axis against the baselines, {_where(result)}",
-                 f"geometry: directions fitted on the {result.n_fit} fit triples; accuracy on the "
-                 f"{result.n_heldout} held-out triples: probe {_num(b.get('probe_heldout_accuracy')):.0%}, axis "
-                 f"{_num(b.get('axis_heldout_accuracy')):.0%}; control concept '{control.get('name', '?')}': cos "
-                 f"{_num(control.get('cos_with_axis')):.3f} with the axis"),
+        **title("Axis against the baselines",
+                f"{_where(result)}; "
+                f"geometry: directions fitted on the {result.n_fit} fit triples; accuracy on the "
+                f"{result.n_heldout} held-out triples: probe {_num(b.get('probe_heldout_accuracy')):.0%}, axis "
+                f"{_num(b.get('axis_heldout_accuracy')):.0%}; control concept '{control.get('name', '?')}': cos "
+                f"{_num(control.get('cos_with_axis')):.3f} with the axis"),
         yaxis_autorange="reversed", xaxis_title="direction", yaxis_title="direction",
     )
     return fig
@@ -436,9 +437,9 @@ def layer_sweep(result: SteeringResult) -> go.Figure | None:
     fig.update_xaxes(tickformat="d", dtick=1 if len(layers) <= 16 else None)
     read = "input, hidden_states[L]" if result.params.get("hook") == "input" else "output, hidden_states[L + 1]"
     fig.update_xaxes(title_text=f"block L (read at its {read})", row=3, col=1)
-    fig.update_layout(**_title(f"Layer sweep for '{result.concept.get('name', '?')}' on {result.model_name}",
-                               f"geometry only, no steering: the {result.n_fit} fit triples at every block; dashed: "
-                               f"the analysed block {result.layer}"), height=620)
+    fig.update_layout(**title(f"Layer sweep for '{result.concept.get('name', '?')}' on {result.model_name}",
+                              f"geometry only, no steering: the {result.n_fit} fit triples at every block; dashed: "
+                              f"the analysed block {result.layer}", full_width=True), height=620)
     return fig
 
 

@@ -1,4 +1,5 @@
-"""Model overview: every stored tensor, its size and norm, and what the analysis does with it."""
+"""Model overview: every stored tensor, its size and Frobenius norm, whether its values are finite and not
+all zero, and what the analysis does with it."""
 
 from __future__ import annotations
 
@@ -32,26 +33,38 @@ class OverviewResult(Result):
         return {"tensors": self.to_frame()}
 
 
-TENSOR_COLUMNS = ("name", "shape", "dtype", "numel", "norm", "analysed", "reason", "kind", "block")
+TENSOR_COLUMNS = ("name", "shape", "dtype", "numel", "frobenius_norm", "status", "analysed", "reason", "kind", "block")
+# status values; the reasons match the ones the spectra diagnostic gives when it skips such a matrix.
+FINITE, NOT_FINITE, ALL_ZERO, NOT_FLOAT = "finite", "not finite", "all zero", "not floating point"
+_SKIPPED = {NOT_FINITE: "contains NaN or Inf", ALL_ZERO: "all zeros"}
+
+
+def _status(data: torch.Tensor) -> tuple[str, float]:
+    """The tensor's status and its Frobenius norm in float64 (NaN for integer tensors)."""
+    if not data.is_floating_point():
+        return NOT_FLOAT, float("nan")
+    if not bool(torch.isfinite(data).all()):
+        return NOT_FINITE, float("nan")
+    norm = float(torch.linalg.vector_norm(data.to(torch.float64)))
+    return (ALL_ZERO if norm == 0 else FINITE), norm
 
 
 def run(handle: ModelHandle, params: dict | None = None, progress: Progress | None = None) -> OverviewResult:
-    """Read each tensor once (streamed) for its Frobenius norm, computed in float64."""
+    """Read each tensor once (streamed) for its Frobenius norm, computed in float64. A matrix with a NaN or
+    an infinity, or with only zeros, is marked as such and not analysed: the spectra skip it."""
     start = time.perf_counter()
     rows = handle.tensor_rows()
     tensors = []
     for i, row in enumerate(rows):
         data = handle.source.get(row.name)
-        if data.is_floating_point():
-            norm = float(torch.linalg.vector_norm(data.to(torch.float64)))
-        else:
-            norm = float("nan")
+        status, norm = _status(data)
         del data
+        skipped = row.analysed and status in _SKIPPED
         tensors.append(
             {
                 "name": row.name, "shape": "x".join(map(str, row.shape)) or "scalar", "dtype": row.dtype,
-                "numel": row.numel, "norm": norm, "analysed": row.analysed, "reason": row.reason,
-                "kind": row.kind, "block": row.block,
+                "numel": row.numel, "frobenius_norm": norm, "status": status, "analysed": row.analysed and not skipped,
+                "reason": _SKIPPED[status] if skipped else row.reason, "kind": row.kind, "block": row.block,
             }
         )
         if progress is not None:

@@ -10,8 +10,8 @@ Metrics of one layer (the columns of the ``layers`` table)
 * ``N, M, Q = N/M, rf`` (receptive field: kernel positions of a convolution, 1 otherwise),
   ``num_evals`` (``M * rf``).
 * ``lambda_max`` (WeightWatcher's ``spectral_norm``), ``log_spectral_norm = log10 lambda_max``,
-  ``norm = sum lambda = ||W||_F^2``, ``log_norm = log10 norm``,
-  ``stable_rank = norm / lambda_max``.
+  ``frobenius_norm_sq = sum lambda = ||W||_F^2``, ``log_norm = log10 frobenius_norm_sq``,
+  ``stable_rank = frobenius_norm_sq / lambda_max``. (diagnostics.glossary says what every column means.)
 * ``matrix_rank``: number of singular values above ``s_max * N * eps`` (numpy's rule);
   ``rank_loss = M - rank`` (summed over the slices of a convolution);
   ``weak_rank_loss``: eigenvalues below 1e-6.
@@ -147,44 +147,6 @@ _HEADLINE = [
     "alpha", "alpha_weighted", "log_norm", "log_alpha_norm", "log_spectral_norm", "stable_rank", "entropy",
     "D", "mp_softrank", "rand_distance", "ww_softrank", "ERG_gap",
 ]
-
-
-# What the less obvious columns mean: the page's column help.
-COLUMN_HELP = {
-    "phase": "random-like, bulk+spikes, heavy-tailed or very-heavy-tailed (Martin & Mahoney 2021), from the MP bulk "
-             "fit and where the fitted tail lies",
-    "pl_trust": "whether the power law is believed: a heavy-tailed phase, >= 8 tail eigenvalues, alpha <= 6 and, "
-                "with goodness of fit, p >= 0.1",
-    "pl_verdict": "why the power law is or is not trusted",
-    "alpha": "power-law exponent of the ESD tail, Clauset's MLE at the xmin of smallest KS distance",
-    "alpha_ci_low": "lower end of the alpha interval (alpha_ci_method says how it was computed)",
-    "alpha_ci_high": "upper end of the alpha interval",
-    "alpha_ci_method": "asymptotic: alpha +- z (alpha-1)/sqrt(n_tail) with xmin fixed; bootstrap: resampled, xmin re-chosen",
-    "pl_pvalue": "Clauset-Shalizi-Newman bootstrap p-value of the power law; below 0.1 the power law is ruled out",
-    "D": "Kolmogorov-Smirnov distance between the tail and the fitted power law",
-    "sigma": "standard error of alpha, (alpha - 1)/sqrt(n_tail)",
-    "xmin": "smallest eigenvalue of the fitted tail",
-    "num_pl_spikes": "eigenvalues >= xmin (the fitted tail)",
-    "mp_sigma": "element scale of the Marchenko-Pastur law fitted to the bulk (lambda = s(W)^2 units)",
-    "mp_edge": "MP bulk edge plus 4 Tracy-Widom scales: the largest eigenvalue noise reaches",
-    "num_above_mp_edge": "eigenvalues past mp_edge",
-    "mp_bulk_ks": "KS distance between the eigenvalues up to mp_edge and the fitted MP law (small: an MP bulk)",
-    "tail_past_mp_edge": "share of the fitted tail past mp_edge; below 0.5 the power law is mostly fitted to bulk",
-    "alpha_weighted": "alpha * log10 lambda_max",
-    "log_alpha_norm": "log10 of sum lambda^alpha (the Schatten alpha-norm)",
-    "rand_distance": "Jensen-Shannon distance between the sorted eigenvalue vectors of W and of W shuffled, "
-                     "each read as a probability vector (WeightWatcher's convention)",
-    "norm": "squared Frobenius norm, sum of the eigenvalues",
-    "log_norm": "log10 of the squared Frobenius norm",
-    "stable_rank": "squared Frobenius norm / lambda_max",
-    "entropy": "spectral entropy normalised by log(rank)",
-    "lr_lognormal_R": "normalised log-likelihood ratio, power law vs lognormal on the tail (> 0 favours the power law)",
-    "lr_lognormal_p": "p-value of lr_lognormal_R (small: the sign is significant)",
-    "lr_exponential_R": "normalised log-likelihood ratio, power law vs exponential on the tail",
-    "lr_exponential_p": "p-value of lr_exponential_R",
-    "lr_truncated_power_law_R": "normalised log-likelihood ratio, power law vs truncated power law (nested)",
-    "lr_truncated_power_law_p": "p-value of lr_truncated_power_law_R (nested test)",
-}
 
 
 # ---------------------------------------------------------------------------------------
@@ -813,7 +775,7 @@ def analyse_matrix(
     evals = evals * scale
 
     lambda_max = float(evals[-1])
-    norm = float(np.sum(evals))
+    frobenius_norm_sq = float(np.sum(evals))
     sv = np.sqrt(evals)
     rank = _matrix_rank(sv, N)
     fit = fit_power_law(
@@ -832,7 +794,8 @@ def analyse_matrix(
         "name": name, "shape": shape, "kind": kind, "block": block, "layer_type": layer_type,
         "N": int(N), "M": int(M), "Q": N / M, "rf": int(rf), "num_evals": int(evals.size),
         "lambda_max": lambda_max, "log_spectral_norm": math.log10(lambda_max),
-        "norm": norm, "log_norm": math.log10(norm), "stable_rank": norm / lambda_max,
+        "frobenius_norm_sq": frobenius_norm_sq, "log_norm": math.log10(frobenius_norm_sq),
+        "stable_rank": frobenius_norm_sq / lambda_max,
         "entropy": _entropy(evals, rank), "matrix_rank": rank, "rank_loss": int(rank_loss),
         "weak_rank_loss": int(np.count_nonzero(evals < WEAK_RANK_TOL)),
         "alpha": alpha, "xmin": fit.xmin, "xmax": fit.xmax, "D": fit.D, "sigma": fit.sigma,

@@ -11,6 +11,7 @@ from diagnostics import alignment_data as adata
 from models import BUILTINS, OrthoscopeError
 from models.safety import ALLOWED_ROOTS_ENV, allowed_roots
 from ui import cache, model_picker, report_basket, uploads
+from ui.tables import show_table
 
 ui.sidebar()
 st.title("Embedding alignment")
@@ -223,12 +224,6 @@ def _width_note(result) -> str:
     return "; ".join(parts) + f". The maps act in {d['common_width']} dimensions."
 
 
-def _table(frame, key: str) -> None:
-    floats = [c for c in frame.columns if frame[c].dtype.kind == "f"]
-    st.dataframe(frame, hide_index=True, key=key,
-                 column_config={c: st.column_config.NumberColumn(format="%.4g") for c in floats})
-
-
 def _interval(row, key: str, fmt: str = ".1%") -> str:
     lo, hi = row.get(f"{key}_lo"), row.get(f"{key}_hi")
     if lo is None or hi is None:
@@ -304,18 +299,18 @@ def _show(result) -> None:
     tables = result.tables()
     st.markdown("**Held-out scores** (per split, every map at every anchor count: the mean over draws with its 95% "
                 "interval `_lo`–`_hi` and the spread of one draw `_sd`; `none` is the identity)")
-    _table(frame, "align_table_metrics")
+    show_table(frame, "alignment", "metrics", key="align_table_metrics")
     with st.expander("Scores of every draw"):
-        _table(tables["metric_draws"], "align_table_draws")
+        show_table(tables["metric_draws"], "alignment", "metric_draws", key="align_table_draws")
     st.markdown("**Map geometry** at the largest anchor count, and the anchors' effective rank")
-    _table(tables["map_geometry"], "align_table_geometry")
+    show_table(tables["map_geometry"], "alignment", "map_geometry", key="align_table_geometry")
     st.markdown("**Map-free similarity**, beside the same measure with one side's rows shuffled: `z` is the distance "
                 "from the shuffles' mean in their sds; `p_value` cannot go below `p_floor` = 1 / (1 + shuffles)")
-    _table(tables["similarity"], "align_table_similarity")
+    show_table(tables["similarity"], "alignment", "similarity", key="align_table_similarity")
     for stem in ("cross_modal", "zero_shot"):
         if stem in tables:
             st.markdown(f"**{stem.replace('_', ' ').capitalize()}**")
-            _table(tables[stem], f"align_table_{stem}")
+            show_table(tables[stem], "alignment", stem, key=f"align_table_{stem}")
     report_basket.add_button(result, key="align_add")
 
 

@@ -1,5 +1,6 @@
 """Latent directions: SeFa and Householder factorisations of a weight matrix, readout and traversal."""
 
+import pandas as pd
 import streamlit as st
 
 import ui
@@ -8,6 +9,7 @@ from charts.common import block_order
 from diagnostics import directions
 from models import OrthoscopeError
 from ui import cache, inputs, model_picker, report_basket
+from ui.tables import show_table
 
 ui.sidebar()
 st.title("Latent directions")
@@ -19,23 +21,6 @@ st.caption(
     "reflections. Pick a weight matrix, see how far it is from such a projector, what its directions read "
     "out as, and what adding alpha times a direction at the layer's input does to the model."
 )
-
-# Which matrix each table column describes; shown as the column's tooltip.
-COLUMN_HELP = {
-    "eig_AtA_raw": "eigenvalue i of A^T A (raw A: the paper's closed form)",
-    "sv_raw": "singular value i of A (raw); its square is eig_AtA_raw",
-    "explained_raw": "eig_AtA_raw / trace(A^T A)",
-    "eigengap_raw": "relative gap to the next eigenvalue of A^T A, (l_i - l_(i+1)) / l_i",
-    "resolved_raw": "both gaps of this eigenvalue of A^T A exceed sqrt(2/n) (North et al. 1982)",
-    "eig_AtA_rownorm": "eigenvalue i of R^T R, R = diag(1/||a_r||) A (rows of A scaled to unit length: genforce)",
-    "explained_rownorm": "eig_AtA_rownorm / trace(R^T R)",
-    "eigengap_rownorm": "relative gap to the next eigenvalue of R^T R",
-    "resolved_rownorm": "both gaps of this eigenvalue of R^T R exceed sqrt(2/n)",
-    "cos_rownorm_raw": "|cos| between direction i of R^T R and direction i of A^T A",
-    "best_raw_match": "the eigenvector of A^T A closest to direction i of R^T R",
-    "best_raw_match_cos": "its |cos|",
-    "readout_of": "whose directions the readout columns describe: raw (A^T A) or rownorm (R^T R)",
-}
 
 
 def _keep(key: str, allowed: list) -> None:
@@ -224,19 +209,14 @@ if handle is not None:
 
     st.subheader(f"Directions and readout ({result.chosen} directions read out)")
     frame = result.to_frame()
-    plain = {"best_raw_match", "readout_of", "resolved_raw", "resolved_rownorm"}
-    column_config = {
-        c: st.column_config.Column(help=text) if c in plain else st.column_config.NumberColumn(format="%.4g", help=text)
-        for c, text in COLUMN_HELP.items()
-    }
     if result.readout["available"]:
         st.caption(f"{result.readout['method']} of the {result.chosen} directions: {result.readout['vector']}.")
         hide = ["top_sentences"] if result.kind == "causal-lm" else ["top_tokens", "bottom_tokens"]
-        st.dataframe(frame.drop(columns=hide), hide_index=True, key="directions_table", column_config=column_config)
+        show_table(frame.drop(columns=hide), "directions", "directions", key="directions_table")
     else:
         st.info(f"No readout: {result.readout['reason']}")
-        st.dataframe(frame.drop(columns=["top_tokens", "bottom_tokens", "top_sentences"]), hide_index=True,
-                     key="directions_table", column_config=column_config)
+        show_table(frame.drop(columns=["top_tokens", "bottom_tokens", "top_sentences"]), "directions", "directions",
+                   key="directions_table")
 
     st.subheader("Traversal")
     walk = result.traversal
@@ -246,7 +226,8 @@ if handle is not None:
         st.plotly_chart(charts.traversal(result), key="directions_traversal")
         shown = st.selectbox("Samples for direction", sorted({r["direction"] for r in walk["rows"]}),
                              key="directions_sample_direction")
-        st.dataframe([r for r in walk["rows"] if r["direction"] == shown], hide_index=True, key="directions_samples")
+        show_table(pd.DataFrame([r for r in walk["rows"] if r["direction"] == shown]), "directions",
+                   "directions_traversal", key="directions_samples")
     elif walk["available"]:
         st.info("No direction chosen to traverse.")
     else:

@@ -9,6 +9,7 @@ from charts import optimizer_traces as charts
 from diagnostics import optimizer_traces, optimizers, trace_recorder
 from models import OrthoscopeError
 from ui import background, cache, inputs, report_basket
+from ui.tables import show_table
 
 ui.sidebar()
 st.title("Optimizer traces")
@@ -24,17 +25,13 @@ st.caption(
 D = optimizer_traces.DEFAULTS
 
 
-def _numbers(frame) -> dict:
-    return {c: st.column_config.NumberColumn(format="%.4g") for c in frame.columns if frame[c].dtype.kind == "f"}
-
-
 def _show(result: optimizer_traces.OptimizerTracesResult, key: str) -> None:
     runs = result.runs()
     compare = result.compare()
     if not compare.empty:
         st.subheader("Comparison at the rates chosen on validation")
         st.caption(optimizer_traces.protocol_text(result))
-        st.dataframe(compare, hide_index=True, key=f"{key}_compare", column_config=_numbers(compare))
+        show_table(compare, "optimizer_traces", "compare", key=f"{key}_compare")
         edge = compare[compare["lr_at_grid_edge"].astype(bool)]
         if not edge.empty:
             st.warning("Chosen at the edge of the learning-rate grid, so the best rate may lie beyond it: "
@@ -47,7 +44,7 @@ def _show(result: optimizer_traces.OptimizerTracesResult, key: str) -> None:
     else:
         st.caption(optimizer_traces.protocol_text(result))
     st.subheader("Runs")
-    st.dataframe(runs, hide_index=True, key=f"{key}_runs", column_config=_numbers(runs))
+    show_table(runs, "optimizer_traces", "runs", key=f"{key}_runs")
     if "diverged" in runs and runs["diverged"].fillna(False).astype(bool).any():
         st.warning("Some runs diverged (the loss became NaN or infinite): "
                    + ", ".join(runs.loc[runs["diverged"].fillna(False).astype(bool), "run_id"]) + ".")
@@ -58,9 +55,17 @@ def _show(result: optimizer_traces.OptimizerTracesResult, key: str) -> None:
                    f"{trace_recorder.MOMENTUM_WARNING_FACTOR:g} x the Newton-Schulz epsilon "
                    f"({optimizers.NS_EPS:g}); there the orthogonalised direction is mostly rounding noise. "
                    f"First: {hits.iloc[0]['matrix']} at step {hits.iloc[0]['step']} ({hits.iloc[0]['run_id']}).")
+    c = st.columns(3)
+    log_y = c[0].toggle("Log loss axis", value=True, key=f"{key}_loss_log")
+    per_seed = c[1].toggle("A line per seed", key=f"{key}_loss_per_seed",
+                           help="each seed's run under the mean, instead of the band from the lowest to the highest seed")
+    smoothing = c[2].slider("Smoothing", 0.0, 0.99, 0.0, 0.01, key=f"{key}_loss_smoothing",
+                            help="weight w of TensorBoard's debiased exponential moving average, applied to each run: "
+                                 "s_t = w s_(t-1) + (1 - w) x_t, divided by 1 - w^t; 0 shows the logged losses")
+    curves = dict(log_y=log_y, smoothing=smoothing, per_seed=per_seed)
     left, right = st.columns(2)
-    left.plotly_chart(charts.loss_curves(result, "step"), key=f"{key}_loss_step")
-    right.plotly_chart(charts.loss_curves(result, "train_s"), key=f"{key}_loss_time")
+    left.plotly_chart(charts.loss_curves(result, "step", **curves), key=f"{key}_loss_step")
+    right.plotly_chart(charts.loss_curves(result, "train_s", **curves), key=f"{key}_loss_time")
     st.plotly_chart(charts.held_out(result), key=f"{key}_held_out")
     st.plotly_chart(charts.update_geometry(result), key=f"{key}_geometry")
     st.plotly_chart(charts.per_layer(result), key=f"{key}_per_layer")
@@ -70,7 +75,7 @@ def _show(result: optimizer_traces.OptimizerTracesResult, key: str) -> None:
     routes = result.routes()
     if not routes.empty:
         st.subheader("Routing: which parameters each optimizer takes")
-        st.dataframe(routes.astype({"shape": str}), hide_index=True, key=f"{key}_routes")
+        show_table(routes.astype({"shape": str}), "optimizer_traces", "routes", key=f"{key}_routes")
     used = list(dict.fromkeys(runs["optimizer"]))
     with st.expander("Papers, and where each paper and its public code disagree"):
         for name in used:

@@ -6,6 +6,7 @@ from charts import overview as charts
 from diagnostics import overview
 import ui
 from ui import cache, model_picker, report_basket
+from ui.tables import show_table
 
 ui.sidebar()
 st.title("Model overview")
@@ -33,6 +34,5 @@ if handle is not None:
     right.plotly_chart(charts.params_per_kind(result), key="overview_kinds")
 
     only_skipped = st.toggle("Show only skipped tensors", key="overview_only_skipped")
-    st.dataframe(frame[~frame["analysed"]] if only_skipped else frame, hide_index=True,
-                 column_config={"norm": st.column_config.NumberColumn(format="%.4g")})
+    show_table(frame[~frame["analysed"]] if only_skipped else frame, "overview", "tensors")
     report_basket.add_button(result, key="overview_add")

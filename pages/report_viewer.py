@@ -6,6 +6,7 @@ import reports
 import ui
 from models import OrthoscopeError
 from reports.registry import TITLES, figures_for
+from ui.tables import show_table
 
 ui.sidebar()
 st.title("Open a report")
@@ -26,4 +27,4 @@ if upload is not None:
                 st.plotly_chart(fig, key=f"report_fig_{i}_{j}")
             for stem, frame in result.tables().items():
                 st.markdown(f"**{stem}**")
-                st.dataframe(frame, hide_index=True, key=f"report_table_{i}_{stem}")
+                show_table(frame, result.diagnostic, stem, key=f"report_table_{i}_{stem}")

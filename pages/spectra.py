@@ -7,6 +7,7 @@ from charts import spectra as charts
 from diagnostics import spectra
 from models import OrthoscopeError
 from ui import cache, model_picker, report_basket
+from ui.tables import show_table
 
 ui.sidebar()
 st.title("Layer spectra")
@@ -116,10 +117,8 @@ if handle is not None:
                 st.warning(f"{chosen}: {row['pl_verdict']}. Do not read its alpha as a training signal.")
             st.plotly_chart(charts.layer_esd(result, chosen), key="spectra_esd")
 
-        st.dataframe(shown, hide_index=True, key="spectra_table", column_config={
-            col: st.column_config.Column(help=text) for col, text in spectra.COLUMN_HELP.items() if col in shown.columns
-        })
+        show_table(shown, "spectra", "layers", key="spectra_table")
     if result.skipped:
         with st.expander(f"{len(result.skipped)} tensors not analysed, with the reason"):
-            st.dataframe(result.tables()["skipped"], hide_index=True)
+            show_table(result.tables()["skipped"], "spectra", "skipped")
     report_basket.add_button(result, key="spectra_add")

@@ -9,6 +9,7 @@ from charts import steering as charts
 from diagnostics import steering, steering_data
 from models import OrthoscopeError
 from ui import cache, inputs, model_picker, report_basket
+from ui.tables import show_table
 
 ui.sidebar()
 st.title("Cylindrical steering")
@@ -49,14 +50,6 @@ def _protocol_select(column, option: str) -> str:
     return column.selectbox(f"{label} (reference: {REF[option]})", choices, key=key,
                             format_func=lambda v: f"{v} (reference)" if v == REF[option] else v,
                             help=steering.OPTION_HELP[option])
-
-
-def _numbers_config(frame: pd.DataFrame) -> dict:
-    return {c: st.column_config.NumberColumn(format="%.4g") for c in frame.columns if frame[c].dtype.kind == "f"}
-
-
-def _table(frame: pd.DataFrame, key: str) -> None:
-    st.dataframe(frame, hide_index=True, key=key, column_config=_numbers_config(frame))
 
 
 def _evidence(row: dict | None, setting: str, protocol: str, head: dict) -> None:
@@ -306,8 +299,9 @@ with st.expander("How this is computed"):
         "gain over its null."
     )
     differ = [PROTOCOL[o][0].lower() for o in REF if params[o] != REF[o]]
-    _table(pd.DataFrame([{"option": PROTOCOL[o][0], "this run": params[o], "reference": REF[o],
-                          "": "same" if params[o] == REF[o] else "differs"} for o in REF]), "steer_protocol_table")
+    show_table(pd.DataFrame([{"option": PROTOCOL[o][0], "this run": params[o], "reference": REF[o],
+                              "": "same" if params[o] == REF[o] else "differs"} for o in REF]), "steering",
+               key="steer_protocol_table")
     st.caption("This run differs from the reference in: " + ", ".join(differ) + "." if differ
                else "This run follows the reference in all four options.")
 
@@ -343,15 +337,16 @@ if sweep_fig is not None:
 st.subheader("Tables")
 frames = result.tables()
 st.markdown("**Self-steering grid** (CRH protocol; one row per (s, p), means over the held-out prompts)")
-_table(frames["grid"], "steer_grid")
+show_table(frames["grid"], "steering", "grid", key="steer_grid")
 st.markdown("**Directions** (directions protocol; the `random` row is the null)")
-_table(frames["directions"], "steer_directions")
+show_table(frames["directions"], "steering", "directions", key="steer_directions")
 st.markdown(f"**Held-out samples** (CRH protocol at p = {head['self_penalty']:g}; "
             f"{head['self_reaching']} of {head['n_steered']} beat the null at some strength)")
-_table(frames["self_steering"], "steer_self")
+show_table(frames["self_steering"], "steering", "self_steering", key="steer_self")
 st.markdown("**Example generations** (the headline's self-steering cell; unsteered, steered and along a random "
             "direction of the same norm)")
-_table(pd.DataFrame(result.examples, columns=["prompt", "s", "p", "unsteered", "steered", "random"]), "steer_examples")
+show_table(pd.DataFrame(result.examples, columns=["prompt", "s", "p", "unsteered", "steered", "random"]), "steering",
+           "examples", key="steer_examples")
 with st.expander(f"All steered continuations ({len(result.steered)})"):
-    _table(frames["steered"], "steer_steered")
+    show_table(frames["steered"], "steering", "steered", key="steer_steered")
 report_basket.add_button(result, key="steer_add")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from diagnostics import glossary
 from diagnostics.result import SCHEMA_VERSION, Result, jsonable
 from models.errors import OrthoscopeError
 from reports.registry import DIAGNOSTICS, TITLES, figures_for
@@ -145,6 +146,7 @@ def to_html(results: list[Result]) -> str:
         for stem, frame in r.tables().items():
             parts.append(f"<h3>{html.escape(stem)} <span class='meta'>({len(frame)} rows)</span></h3>")
             parts.append(_table_html(frame))
+            parts.append(_legend_html(glossary.legend(frame.columns, r.diagnostic, stem)))
         parts.append("</section>")
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     icon = base64.b64encode(ICON.read_bytes()).decode()
@@ -160,6 +162,14 @@ def _table_html(frame: pd.DataFrame) -> str:
         label = f"show the first {HTML_TABLE_ROWS} of {len(frame)} rows (the CSV holds every row)"
     return (f"{_scroll_box(frame.head(HTML_PREVIEW_ROWS))}"
             f"<details><summary>{label}</summary>{_scroll_box(frame.head(HTML_TABLE_ROWS))}</details>")
+
+
+def _legend_html(entries: list[tuple[str, str]]) -> str:
+    """The table's columns explained (the dashboard's column help), folded under the table."""
+    if not entries:
+        return ""
+    rows = "".join(f"<dt><code>{html.escape(name)}</code></dt><dd>{html.escape(meaning)}</dd>" for name, meaning in entries)
+    return f"<details class='legend'><summary>what the columns mean</summary><dl>{rows}</dl></details>"
 
 
 def _scroll_box(frame: pd.DataFrame) -> str:

@@ -86,8 +86,9 @@ def trace(fig, name: str):
 
 
 def text_of(fig) -> str:
+    """Title and subtitle as one line: the subtitle is wrapped with <br> wherever its width falls."""
     title = fig.layout.title
-    return f"{title.text} {title.subtitle.text or ''}"
+    return f"{title.text} {title.subtitle.text or ''}".replace("<br>", " ")
 
 
 def test_figures_put_the_evidence_first_and_the_sweep_last_and_optional():

@@ -30,7 +30,8 @@ def test_overview_on_the_builtin_writes_the_three_files(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "overview" in proc.stderr and "100%" in proc.stderr  # the progress bar
     rows = list(csv.DictReader((tmp_path / "tensors.csv").open()))
-    assert list(rows[0]) == ["name", "shape", "dtype", "numel", "norm", "analysed", "reason", "kind", "block"]
+    assert list(rows[0]) == ["name", "shape", "dtype", "numel", "frobenius_norm", "status", "analysed", "reason", "kind",
+                             "block"]
     assert len(rows) == 104
     analysed = {r["name"] for r in rows if r["analysed"] == "True"}
     assert "encoder.layer.0.attention.self.query.weight" in analysed
@@ -58,10 +59,11 @@ def test_text_file_exits_2_without_traceback(tmp_path, capsys):
 
 
 def test_fail_on_exits_1_and_names_the_rows(ckpt, tmp_path, capsys):
-    assert cli.main(["overview", "--model", str(ckpt), "--out", str(tmp_path / "o"), "--fail-on", "norm>10"]) == 1
+    out = str(tmp_path / "o")
+    assert cli.main(["overview", "--model", str(ckpt), "--out", out, "--fail-on", "frobenius_norm>10"]) == 1
     err = capsys.readouterr().err
-    assert "layers.0.fc1.weight: norm=32 (norm>10)" in err
-    assert cli.main(["overview", "--model", str(ckpt), "--out", str(tmp_path / "o"), "--fail-on", "norm>100"]) == 0
+    assert "layers.0.fc1.weight: frobenius_norm=32 (frobenius_norm>10)" in err
+    assert cli.main(["overview", "--model", str(ckpt), "--out", out, "--fail-on", "frobenius_norm>100"]) == 0
 
 
 @pytest.mark.parametrize("check, phrase", [("alpha<<2", "cannot read"), ("nosuch<2", "no column 'nosuch'")])

@@ -1,4 +1,5 @@
-"""The overview diagnostic: every tensor listed, norms computed in float64, sums consistent."""
+"""The overview diagnostic: every tensor listed, norms computed in float64, NaN/Inf and all-zero tensors
+flagged, sums consistent."""
 
 import math
 
@@ -23,9 +24,11 @@ def test_overview_lists_every_tensor_with_norms_and_fates(tmp_path):
 
     assert set(frame.index) == set(tensors)
     w = tensors["layers.0.mlp.up_proj.weight"].double()
-    assert math.isclose(frame.loc["layers.0.mlp.up_proj.weight", "norm"], float(w.norm()), rel_tol=1e-12)
-    assert frame.loc["layers.1.self_attn.q_proj.weight", "norm"] == math.sqrt(32)
-    assert math.isnan(frame.loc["position_ids", "norm"])
+    assert math.isclose(frame.loc["layers.0.mlp.up_proj.weight", "frobenius_norm"], float(w.norm()), rel_tol=1e-12)
+    assert frame.loc["layers.1.self_attn.q_proj.weight", "frobenius_norm"] == math.sqrt(32)
+    assert math.isnan(frame.loc["position_ids", "frobenius_norm"])
+    assert frame.loc["position_ids", "status"] == "not floating point"
+    assert (frame.drop(index="position_ids")["status"] == "finite").all()
     assert bool(frame.loc["layers.0.mlp.up_proj.weight", "analysed"])
     assert frame.loc["layers.0.mlp.up_proj.bias", "reason"].startswith("1-D")
     assert frame.loc["position_ids", "reason"].startswith("not floating point")
@@ -34,6 +37,23 @@ def test_overview_lists_every_tensor_with_norms_and_fates(tmp_path):
     assert sum(result.params_by_kind.values()) == result.num_params
     assert result.params_by_block["0"] == 64 * 32 + 64
     assert result.params_by_kind["attention-q"] == 32 * 32
+
+
+def test_nan_inf_and_all_zero_matrices_are_flagged_and_not_analysed(tmp_path):
+    nan, inf = torch.randn(16, 8), torch.randn(16, 8)
+    nan[2, 3], inf[0, 0] = float("nan"), float("-inf")
+    path = tmp_path / "m.safetensors"
+    save_file({"a.weight": nan, "b.weight": inf, "c.weight": torch.zeros(16, 8), "d.bias": torch.zeros(16),
+               "e.weight": torch.ones(16, 8)}, path)
+    frame = overview.run(load(str(path))).to_frame().set_index("name")
+    assert dict(frame["status"]) == {"a.weight": "not finite", "b.weight": "not finite", "c.weight": "all zero",
+                                     "d.bias": "all zero", "e.weight": "finite"}
+    assert dict(frame["analysed"]) == {"a.weight": False, "b.weight": False, "c.weight": False, "d.bias": False,
+                                       "e.weight": True}
+    assert frame.loc["a.weight", "reason"] == frame.loc["b.weight", "reason"] == "contains NaN or Inf"
+    assert frame.loc["c.weight", "reason"] == "all zeros" and frame.loc["d.bias", "reason"].startswith("1-D")
+    assert math.isnan(frame.loc["a.weight", "frobenius_norm"]) and frame.loc["c.weight", "frobenius_norm"] == 0.0
+    assert frame.loc["e.weight", "frobenius_norm"] == math.sqrt(128)
 
 
 def test_overview_reports_progress_to_the_end(tmp_path):

@@ -1,5 +1,6 @@
 """AppTest for the Optimizer traces page: a background run, its charts and report, and loaded traces."""
 
+import json
 import time
 
 from streamlit.testing.v1 import AppTest
@@ -129,3 +130,20 @@ def test_loaded_trace_renders_the_charts_and_bad_traces_name_the_line():
     (message,) = [e.value for e in at.error]
     assert message.startswith("cut.jsonl, line 4: not valid JSON") and "truncated" in message
     assert not at.exception
+
+
+def test_loss_curves_switch_to_a_linear_axis_smoothing_and_a_line_per_seed():
+    at = page(opt_source="Load a trace")
+    at.file_uploader(key="opt_upload").set_value(("traces.jsonl", _trace_text().encode(), "application/jsonl")).run()
+    loss = [c for c in at.get("plotly_chart") if c.proto.spec and "Training loss" in c.proto.spec]
+    assert [json.loads(c.proto.spec)["layout"]["yaxis"]["type"] for c in loss] == ["log", "log"]
+    at.toggle(key="opt_loaded_loss_log").set_value(False)
+    at.toggle(key="opt_loaded_loss_per_seed").set_value(True)
+    at.slider(key="opt_loaded_loss_smoothing").set_value(0.6).run()
+    assert not at.exception and not at.error
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart") if "Training loss" in c.proto.spec]
+    assert len(specs) == 2
+    for spec in specs:
+        assert spec["layout"]["yaxis"]["type"] == "linear"
+        assert "EMA 0.6" in spec["layout"]["title"]["subtitle"]["text"]
+        assert any(t["name"].endswith("seed 0") for t in spec["data"])

@@ -1,6 +1,7 @@
 """Report export: self-contained HTML, versioned JSON that loads back, CSV tables."""
 
 import ast
+import html
 import csv
 import io
 import json
@@ -14,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 import reports
+from diagnostics import glossary
 from diagnostics import optimizer_traces, overview, spectra
 from diagnostics import trace_recorder as tr
 from diagnostics.result import SCHEMA_VERSION
@@ -94,7 +96,7 @@ def test_csv_tables_name_their_files_and_hold_every_row(result):
     tables = reports.csv_tables([result])
     assert list(tables) == ["overview-m.safetensors-tensors.csv"]
     lines = tables["overview-m.safetensors-tensors.csv"].strip().splitlines()
-    assert lines[0] == "name,shape,dtype,numel,norm,analysed,reason,kind,block"
+    assert lines[0] == "name,shape,dtype,numel,frobenius_norm,status,analysed,reason,kind,block"
     assert len(lines) == 1 + len(result.tensors)
 
 
@@ -222,3 +224,12 @@ def test_favicon_is_a_local_file_the_app_and_the_report_use(result):
 def test_bad_reports_are_refused_with_a_reason(text, phrase):
     with pytest.raises(OrthoscopeError, match=phrase):
         reports.from_json(text)
+
+
+def test_every_table_in_report_html_carries_its_column_legend(result):
+    page = reports.to_html([result])
+    frame = next(iter(result.tables().values()))
+    entries = glossary.legend(frame.columns, result.diagnostic, next(iter(result.tables())))
+    assert entries and "what the columns mean" in page
+    name, meaning = entries[0]
+    assert f"<dt><code>{html.escape(name)}</code></dt><dd>{html.escape(meaning)}</dd>" in page

@@ -54,7 +54,9 @@ def keep_options() -> None:
             if not key.startswith(PAGE_PREFIXES):
                 continue
             meta = state._get_widget_metadata(state._get_widget_id(key))
-            if meta is None or "trigger" in meta.value_type or "file_uploader" in meta.value_type:
+            kind = getattr(meta, "value_type", None)
+            # None: elements such as dataframes with selections, whose state only Streamlit sets.
+            if kind is None or "trigger" in kind or "file_uploader" in kind:
                 continue
             st.session_state[key] = st.session_state[key]
     except AttributeError:

@@ -32,7 +32,7 @@ def test_overview_chart_and_report_download(page: Page, app_url, tmp_path):
     info.value.save_as(saved)
     html = saved.read_text(encoding="utf-8")
     assert "plotly-graph-div" in html
-    assert "Parameters per block: all-MiniLM-L6-v2" in html
+    assert "Parameters per block" in html and "Model overview: all-MiniLM-L6-v2" in html
     assert "encoder.layer.0.attention.self.query.weight" in html
 
 

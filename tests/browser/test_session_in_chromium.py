@@ -1,0 +1,65 @@
+"""In chromium: the chosen model follows the user across pages and reloads, and so does the report basket."""
+
+import re
+
+from playwright.sync_api import Page, expect
+
+SMOL = "SmolLM2-135M-Instruct"
+
+
+def _pick_builtin(page: Page, title: str) -> None:
+    page.get_by_test_id("stSidebar").get_by_label("Built-in model").click()
+    page.get_by_role("option", name=title).click()
+
+
+def _picked(page: Page) -> str:
+    box = page.get_by_test_id("stSidebar").get_by_role("combobox", name="Built-in model")
+    return box.input_value() if box.evaluate("e => e.tagName") == "INPUT" else box.inner_text()
+
+
+def _nav(page: Page, title: str) -> None:
+    page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
+
+
+def test_the_model_picked_on_the_overview_is_the_model_of_every_page(page: Page, app_url):
+    page.goto(app_url)
+    expect(page.get_by_text("Parameters per block").first).to_be_visible(timeout=180_000)
+    _pick_builtin(page, SMOL)
+    main = page.get_by_test_id("stMain")
+    expect(main.get_by_text(f"Loaded {SMOL}")).to_be_visible(timeout=240_000)
+    assert re.search(r"model=builtin(%3A|:)smollm2", page.url), page.url
+    for title, marker in (("Optimizer traces", "Press Run to train"), ("Cylindrical steering", "Press Compute"),
+                          ("Model overview", "Parameters per block")):
+        _nav(page, title)
+        expect(main.get_by_text(marker).first).to_be_visible(timeout=240_000)
+        assert SMOL in _picked(page)
+        # A page that loads the model says which: never the default MiniLM behind the user's back.
+        assert main.get_by_text("Loaded all-MiniLM-L6-v2").count() == 0
+    expect(main.get_by_text(f"Loaded {SMOL}")).to_be_visible(timeout=120_000)
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def test_a_reload_keeps_the_model_and_both_report_items(page: Page, app_url):
+    page.goto(app_url)
+    main = page.get_by_test_id("stMain")
+    expect(main.get_by_text("Parameters per block").first).to_be_visible(timeout=180_000)
+    page.get_by_role("button", name=re.compile("Add to report")).click()
+    sidebar = page.get_by_test_id("stSidebar")
+    expect(sidebar.get_by_text("Model overview: all-MiniLM-L6-v2")).to_be_visible(timeout=60_000)
+    _pick_builtin(page, SMOL)
+    expect(main.get_by_text(f"Loaded {SMOL}")).to_be_visible(timeout=240_000)
+    expect(main.get_by_text("Parameters per block").first).to_be_visible(timeout=120_000)
+    page.get_by_role("button", name=re.compile("Add to report")).click()
+    expect(sidebar.get_by_text(f"Model overview: {SMOL}")).to_be_visible(timeout=60_000)
+    assert "session=" in page.url
+
+    page.reload()
+    expect(main.get_by_text(f"Loaded {SMOL}")).to_be_visible(timeout=240_000)
+    sidebar = page.get_by_test_id("stSidebar")
+    expect(sidebar.get_by_text("Model overview: all-MiniLM-L6-v2")).to_be_visible(timeout=60_000)
+    expect(sidebar.get_by_text(f"Model overview: {SMOL}")).to_be_visible()
+    items = [t.strip() for t in sidebar.get_by_role("listitem").all_inner_texts()]
+    basket = [t for t in items if t.startswith("Model overview")]
+    assert len(basket) == 2 and basket[0] == "Model overview: all-MiniLM-L6-v2"
+    assert basket[1].startswith(f"Model overview: {SMOL}")
+    assert page.get_by_test_id("stException").count() == 0
