@@ -23,7 +23,7 @@ def test_spectra_cli_on_the_builtin_writes_layers_csv(tmp_path):
     rows = list(csv.DictReader((tmp_path / "layers.csv").open()))
     assert len(rows) == 39
     for column in ("name", "shape", "alpha", "xmin", "xmax", "D", "sigma", "num_pl_spikes", "alpha_weighted",
-                   "log_alpha_norm", "lambda_max", "log_spectral_norm", "norm", "log_norm", "stable_rank",
+                   "log_alpha_norm", "lambda_max", "log_spectral_norm", "frobenius_norm_sq", "log_norm", "stable_rank",
                    "entropy", "matrix_rank", "rank_loss", "Q", "N", "M", "num_evals", "detX_num", "detX_val", "ERG_gap"):
         assert column in rows[0], column
     doc = json.loads((tmp_path / "report.json").read_text())
