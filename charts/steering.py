@@ -92,19 +92,28 @@ def _penalties(result: SteeringResult) -> list[float]:
     return sorted({_num(g["p"]) for g in result.grid})
 
 
-def _gain_trace(rows: list[dict], name: str, colour: str, group: str) -> go.Scatter:
-    gain = np.array([_num(r["concept_gain"]) for r in rows])
+def _interval_trace(rows: list[dict], field: str, name: str, colour: str, group: str, customdata: list,
+                    hovertemplate: str) -> go.Scatter:
+    """``field`` against s with its ``field_lo`` / ``field_hi`` interval as error bars."""
+    y = np.array([_num(r[field]) for r in rows])
     return go.Scatter(
-        x=[_num(r["s"]) for r in rows], y=gain, mode="lines+markers", name=name, legendgroup=group,
+        x=[_num(r["s"]) for r in rows], y=y, mode="lines+markers", name=name, legendgroup=group,
         line=dict(color=colour), marker=dict(size=8),
-        error_y=dict(type="data", symmetric=False, array=np.array([_num(r["concept_gain_hi"]) for r in rows]) - gain,
-                     arrayminus=gain - np.array([_num(r["concept_gain_lo"]) for r in rows]), color=colour),
-        customdata=[[_num(r["concept_gain_lo"]), _num(r["concept_gain_hi"]), _num(r["null_gain"]), _num(r["null_q95"]),
-                     _num(r["fraction_reaching"]), _num(r["ppl_ratio"])] for r in rows],
-        hovertemplate=f"{name}<br>s = %{{x:.3g}}: gain %{{y:.3g}} nats (95% CI %{{customdata[0]:.3g}} to "
-                      "%{customdata[1]:.3g})<br>null mean %{customdata[2]:.3g}, 95th percentile %{customdata[3]:.3g}"
-                      "<br>prompts above the null's 95th percentile: %{customdata[4]:.0%}"
-                      "<br>ppl_ratio %{customdata[5]:.3g}<extra></extra>",
+        error_y=dict(type="data", symmetric=False, array=np.array([_num(r[f"{field}_hi"]) for r in rows]) - y,
+                     arrayminus=y - np.array([_num(r[f"{field}_lo"]) for r in rows]), color=colour),
+        customdata=customdata, hovertemplate=hovertemplate,
+    )
+
+
+def _gain_trace(rows: list[dict], name: str, colour: str, group: str) -> go.Scatter:
+    return _interval_trace(
+        rows, "concept_gain", name, colour, group,
+        [[_num(r["concept_gain_lo"]), _num(r["concept_gain_hi"]), _num(r["null_gain"]), _num(r["null_q95"]),
+          _num(r["fraction_reaching"]), _num(r["ppl_ratio"])] for r in rows],
+        f"{name}<br>s = %{{x:.3g}}: gain %{{y:.3g}} nats (95% CI %{{customdata[0]:.3g}} to "
+        "%{customdata[1]:.3g})<br>null mean %{customdata[2]:.3g}, 95th percentile %{customdata[3]:.3g}"
+        "<br>prompts above the null's 95th percentile: %{customdata[4]:.0%}"
+        "<br>ppl_ratio %{customdata[5]:.3g}<extra></extra>",
     )
 
 
@@ -165,16 +174,12 @@ def self_steering_gains(result: SteeringResult) -> go.Figure:
 
 
 def _rate_trace(rows: list[dict], name: str, colour: str, group: str) -> go.Scatter:
-    rate = np.array([_num(r["concept_rate"]) for r in rows])
-    return go.Scatter(
-        x=[_num(r["s"]) for r in rows], y=rate, mode="lines+markers", name=name, legendgroup=group,
-        line=dict(color=colour), marker=dict(size=8),
-        error_y=dict(type="data", symmetric=False, array=np.array([_num(r["concept_rate_hi"]) for r in rows]) - rate,
-                     arrayminus=rate - np.array([_num(r["concept_rate_lo"]) for r in rows]), color=colour),
-        customdata=[[_num(r["concept_rate_lo"]), _num(r["concept_rate_hi"]), r["n"], _num(r["text_pvalue"])] for r in rows],
-        hovertemplate=f"{name}<br>s = %{{x:.3g}}: %{{y:.0%}} of %{{customdata[2]}} continuations (95% CI "
-                      "%{customdata[0]:.0%} to %{customdata[1]:.0%})<br>p-value against null + unsteered "
-                      "%{customdata[3]:.3g}<extra></extra>",
+    return _interval_trace(
+        rows, "concept_rate", name, colour, group,
+        [[_num(r["concept_rate_lo"]), _num(r["concept_rate_hi"]), r["n"], _num(r["text_pvalue"])] for r in rows],
+        f"{name}<br>s = %{{x:.3g}}: %{{y:.0%}} of %{{customdata[2]}} continuations (95% CI "
+        "%{customdata[0]:.0%} to %{customdata[1]:.0%})<br>p-value against null + unsteered "
+        "%{customdata[3]:.3g}<extra></extra>",
     )
 
 
