@@ -19,7 +19,8 @@ _NATS = "nats on the built-in benchmarks"
 _TENSOR = {
     "name": "the tensor's name as stored in the checkpoint",
     "shape": "the tensor's dimensions as stored",
-    "kind": "what the tensor is for in the network (attention-q, mlp-up, embedding, ...), from its name",
+    "kind": "what the tensor is for in the network (attention-q, mlp-up, embedding, ...), from its name; a fused "
+            "q/k/v weight reads attention-q+attention-k+attention-v",
     "block": "the network block it belongs to: embeddings, a block number, head or other",
     "layer_type": "linear, conv1d or conv2d: how the matrix is read (a convolution's kernel positions are pooled)",
 }
@@ -341,7 +342,7 @@ GLOSSARY: dict[str, dict[str, str]] = {
     },
     "steering.steered": {
         "sample": "the triple's number",
-        "kind": "unsteered, self (self-steering), null (a random direction) or direction",
+        "kind": "unsteered, self (self-steering), random (the null: a random direction of the same norm) or direction",
         "direction": "none, own, random, or the steered direction's name",
         "draw": "the null's draw (-1 otherwise)",
         "norm": "norm of the added vector (hidden-state units)",

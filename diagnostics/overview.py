@@ -74,8 +74,8 @@ def run(handle: ModelHandle, params: dict | None = None, progress: Progress | No
     for row in rows:
         block = row.block if row.analysed else block_of(row.name)
         params_by_block[block] = params_by_block.get(block, 0) + row.numel
-        kind = row.kind if row.analysed else "norms, biases, buffers"
-        params_by_kind[kind] = params_by_kind.get(kind, 0) + row.numel
+        for kind, numel in row.parts if row.analysed else (("norms, biases, buffers", row.numel),):
+            params_by_kind[kind] = params_by_kind.get(kind, 0) + numel
     return OverviewResult(
         model_name=handle.name,
         fingerprint=handle.fingerprint,

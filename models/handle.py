@@ -38,6 +38,8 @@ class TensorRow:
     reason: str  # why it is skipped; for analysed tensors, the matrices it yields
     kind: str
     block: str
+    # (kind, numel) of each matrix the tensor yields: a fused q/k/v weight counts once per part.
+    parts: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass
@@ -128,9 +130,13 @@ class ModelHandle:
 def _row(meta: TensorMeta, mats: list[WeightMatrix], skipped: Skipped | None) -> TensorRow:
     if skipped is not None:
         return TensorRow(meta.name, meta.shape, meta.dtype, meta.numel, False, skipped.reason, "-", "-")
-    parts = ", ".join(m.name.rsplit(":", 1)[-1] for m in mats) if len(mats) > 1 else ""
-    reason = f"split into {parts}" if parts else mats[0].layer_type
-    return TensorRow(meta.name, meta.shape, meta.dtype, meta.numel, True, reason, mats[0].kind, mats[0].block)
+    if len(mats) == 1:
+        return TensorRow(meta.name, meta.shape, meta.dtype, meta.numel, True, mats[0].layer_type, mats[0].kind,
+                         mats[0].block, ((mats[0].kind, meta.numel),))
+    reason = "split into " + ", ".join(m.name.rsplit(":", 1)[-1] for m in mats)
+    kind = "+".join(m.kind for m in mats)  # e.g. attention-q+attention-k+attention-v: the stored tensor is fused
+    return TensorRow(meta.name, meta.shape, meta.dtype, meta.numel, True, reason, kind, mats[0].block,
+                     tuple((m.kind, m.tensor.numel()) for m in mats))
 
 
 # ---------------------------------------------------------------------------------------

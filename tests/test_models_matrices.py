@@ -148,7 +148,9 @@ def test_gpt2_folder_through_the_handle(tmp_path):
     assert torch.equal(got["transformer.h.1.attn.c_attn.weight:k"], c_attn.T[32:64])
     rows = {r.name: r for r in handle.tensor_rows()}
     assert rows["transformer.h.1.attn.c_attn.weight"].reason == "split into q, k, v"
-    assert rows["transformer.h.1.attn.c_attn.weight"].kind == "attention-q"
+    assert rows["transformer.h.1.attn.c_attn.weight"].kind == "attention-q+attention-k+attention-v"
+    assert [kind for kind, _ in rows["transformer.h.1.attn.c_attn.weight"].parts] == [
+        "attention-q", "attention-k", "attention-v"]
 
 
 def test_generic_fused_qkv_split_in_thirds():

@@ -72,3 +72,19 @@ def test_overview_result_round_trips_through_its_dict(tmp_path):
     again = overview.OverviewResult.from_dict(result.to_dict())
     assert again.to_dict() == result.to_dict()
     assert again.tensors[0]["name"] == result.tensors[0]["name"]
+
+
+def test_a_fused_attention_weight_counts_once_per_part(tmp_path):
+    """nn.MultiheadAttention's in_proj_weight stacks q, k and v: 'Parameters per tensor kind' counts
+    each third under its own kind (spectra analyses them apart too), never the whole under q."""
+    mha = torch.nn.MultiheadAttention(16, 4)
+    tensors = {"layers.0.self_attn.in_proj_weight": mha.in_proj_weight.detach().clone(),
+               "layers.0.self_attn.out_proj.weight": mha.out_proj.weight.detach().clone()}
+    path = tmp_path / "mha.safetensors"
+    save_file(tensors, path)
+    result = overview.run(load(str(path)))
+    assert result.params_by_kind == {"attention-q": 16 * 16, "attention-k": 16 * 16, "attention-v": 16 * 16,
+                                     "attention-out": 16 * 16}
+    row = result.to_frame().set_index("name").loc["layers.0.self_attn.in_proj_weight"]
+    assert row["kind"] == "attention-q+attention-k+attention-v" and row["reason"] == "split into q, k, v"
+    assert sum(result.params_by_kind.values()) == result.num_params
