@@ -121,6 +121,22 @@ def directions():
         return _named(dr.run(models.load(str(folder)), params))
 
 
+def recorded_trace(momentum: float = 0.0) -> list[dict]:
+    """The records of a user's own loop: SGD on a 6x6 linear layer, four steps, traced every two."""
+    from diagnostics import trace_recorder as tr
+
+    model = torch.nn.Linear(6, 6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+    rec = tr.TraceRecorder(model, opt, run={"optimizer": "sgd"}, every=2, alpha_every=4, run_id="mine")
+    for _ in range(4):
+        loss = model(torch.randn(8, 6)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rec.log_loss(loss)
+    return rec.records
+
+
 @functools.cache
 def optimizer_traces():
     """Two optimizers at two rates over two seeds: the comparison, the sweep and every curve."""

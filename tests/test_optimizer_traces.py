@@ -18,6 +18,7 @@ from diagnostics import optimizers
 from diagnostics import trace_recorder as tr
 from models.errors import OrthoscopeError
 from reports.report import slug
+from tests import result_fixtures
 
 SMALL = {"optimizers": ["adamw", "muon"], "seeds": 2, "steps": 20, "every": 5, "alpha_every": 10, "eval_every": 10,
          "lr_scales": [1.0]}
@@ -327,19 +328,11 @@ def test_report_round_trip_and_csv_tables(swept):
 
 
 def test_a_users_own_trace_without_summaries_still_gives_a_runs_table():
-    model = torch.nn.Linear(6, 6)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    rec = tr.TraceRecorder(model, opt, run={"optimizer": "sgd"}, every=2, alpha_every=4, run_id="mine")
-    for _ in range(4):
-        loss = model(torch.randn(8, 6)).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        rec.log_loss(loss)
-    result = ot.from_trace(rec.records)
+    records = result_fixtures.recorded_trace(momentum=0.9)
+    result = ot.from_trace(records)
     runs = result.runs()
     assert list(runs["run_id"]) == ["mine"] and runs.iloc[0]["steps_done"] == 4
-    last_step = [r for r in rec.records if r["type"] == "step"][-1]
+    last_step = [r for r in records if r["type"] == "step"][-1]
     assert math.isclose(runs.iloc[0]["final_train_loss"], last_step["loss"])
     assert result.compare().empty and result.to_frame().equals(runs)
     assert len(charts.figures(result)) == 7  # no comparison, no sweep

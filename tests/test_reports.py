@@ -1,8 +1,8 @@
 """Report export: self-contained HTML, versioned JSON that loads back, CSV tables."""
 
 import ast
-import html
 import csv
+import html
 import io
 import json
 import re
@@ -15,13 +15,12 @@ import torch
 from safetensors.torch import save_file
 
 import reports
-from diagnostics import glossary
-from diagnostics import optimizer_traces, overview, spectra
-from diagnostics import trace_recorder as tr
+from diagnostics import glossary, optimizer_traces, overview, spectra
 from diagnostics.result import SCHEMA_VERSION
 from models import OrthoscopeError, load
 from reports import report
 from reports.registry import DIAGNOSTICS, TITLES, figures_for
+from tests import result_fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 SCROLL_BOX = '<div class="tablebox" style="overflow-x:auto; max-width:100%">'
@@ -52,16 +51,7 @@ def wide_result(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def traces_result():
-    model = torch.nn.Linear(6, 6)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    rec = tr.TraceRecorder(model, opt, run={"optimizer": "sgd"}, every=2, alpha_every=4, run_id="mine")
-    for _ in range(4):
-        loss = model(torch.randn(8, 6)).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        rec.log_loss(loss)
-    return optimizer_traces.from_trace(rec.records, "my run.jsonl")
+    return optimizer_traces.from_trace(result_fixtures.recorded_trace(), "my run.jsonl")
 
 
 def rows_of(table_html: str) -> int:
