@@ -13,13 +13,26 @@ TITLE_MAX, TITLE_MAX_FULL = 60, 100
 SUBTITLE_WRAP, SUBTITLE_WRAP_FULL = 80, 150
 
 
+# Towers of a model with several ("text/3", "encoder/3"), in the order they are drawn; others follow
+# alphabetically.
+_TOWERS = ("text", "vision", "encoder", "decoder")
+
+
+def _block_key(block) -> tuple:
+    tower, _, local = str(block).rpartition("/")
+    rank = 0 if local == "embeddings" else 1 if local.isdigit() else 2
+    number = int(local) if rank == 1 else 0
+    # Groups outside any tower (a shared embedding, the LM head) go before and after all the towers;
+    # numbered blocks outside any tower (OpenCLIP's text tower beside visual.*) lead the towers.
+    section = 1 if tower else rank
+    tower_rank = -1 if not tower else _TOWERS.index(tower) if tower in _TOWERS else len(_TOWERS)
+    return section, tower_rank, tower, rank, number, local
+
+
 def block_order(blocks) -> list[str]:
-    """Embeddings first, numbered blocks in numeric order, then everything else."""
-    blocks = list(dict.fromkeys(blocks))
-    numbered = sorted((b for b in blocks if str(b).isdigit()), key=int)
-    first = [b for b in blocks if b == "embeddings"]
-    rest = sorted(b for b in blocks if b not in numbered and b not in first)
-    return first + numbered + rest
+    """Embeddings first, numbered blocks in numeric order, then everything else; where blocks are keyed
+    by tower ("text/3"), the same order within each tower, towers one after another."""
+    return sorted(dict.fromkeys(blocks), key=_block_key)
 
 
 def title(text: str, subtitle: str = "", full_width: bool = False) -> dict:

@@ -74,7 +74,6 @@ from diagnostics.batching import right_padded
 from diagnostics.result import Result
 from diagnostics.threads import single_thread
 from models import ModelHandle, OrthoscopeError, WeightMatrix
-from models.matrices import classify
 
 Progress = Callable[[float, str], None]
 
@@ -185,27 +184,27 @@ class Unavailable(Exception):
 
 def matrix_catalog(handle: ModelHandle) -> list[dict]:
     """Every analysable matrix with its (out, in) shape, kind and block, from shapes alone."""
-    config = handle.config or {}
-    heads = config.get("num_attention_heads") or config.get("n_head")
-    catalog = []
-    for meta in handle.source.metas():
-        mats, _ = classify(meta.name, meta.as_meta_tensor(), model_type=handle.model_type, num_heads=heads)
-        catalog += [
-            {"name": m.name, "shape": [m.shape[0], int(np.prod(m.shape[1:]))], "kind": m.kind, "block": m.block}
-            for m in mats
-        ]
-    return catalog
+    return [
+        {"name": m.name, "shape": [m.shape[0], int(np.prod(m.shape[1:]))], "kind": m.kind, "block": m.block}
+        for m in handle.planned_matrices()
+    ]
 
 
 def default_matrix(catalog: list[dict]) -> str:
-    """The MLP down-projection of the middle block, else the first linear matrix, else the first."""
+    """The MLP down-projection of the middle block (of the first tower, where blocks are keyed by tower
+    as in "text/3"), else the first linear matrix, else the first."""
     if not catalog:
         raise OrthoscopeError("this model has no analysable weight matrix.")
-    downs = [c for c in catalog if c["kind"] == "mlp-down" and str(c["block"]).isdigit()]
+    downs = []
+    for c in catalog:
+        tower, _, index = str(c["block"]).rpartition("/")
+        if c["kind"] == "mlp-down" and index.isdigit():
+            downs.append((tower, int(index), c["name"]))
     if downs:
-        blocks = sorted({int(c["block"]) for c in downs})
-        middle = str(blocks[len(blocks) // 2])
-        return next(c["name"] for c in downs if c["block"] == middle)
+        first = [(index, name) for tower, index, name in downs if tower == downs[0][0]]
+        blocks = sorted({index for index, _ in first})
+        middle = blocks[len(blocks) // 2]
+        return next(name for index, name in first if index == middle)
     linear = [c for c in catalog if c["kind"] not in {"embedding", "conv1d", "conv2d"}]
     return (linear or catalog)[0]["name"]
 

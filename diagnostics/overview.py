@@ -12,7 +12,6 @@ import torch
 
 from diagnostics.result import Result
 from models import ModelHandle
-from models.matrices import block_of
 
 Progress = Callable[[float, str], None]
 
@@ -72,7 +71,7 @@ def run(handle: ModelHandle, params: dict | None = None, progress: Progress | No
     params_by_block: dict[str, int] = {}
     params_by_kind: dict[str, int] = {}
     for row in rows:
-        block = row.block if row.analysed else block_of(row.name)
+        block = row.block if row.analysed else handle.block(row.name)
         params_by_block[block] = params_by_block.get(block, 0) + row.numel
         for kind, numel in row.parts if row.analysed else (("norms, biases, buffers", row.numel),):
             params_by_kind[kind] = params_by_kind.get(kind, 0) + numel

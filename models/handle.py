@@ -14,7 +14,7 @@ import torch
 from models import module_cache
 from models.builtin import BUILTINS, builtin_path
 from models.errors import OrthoscopeError
-from models.matrices import Skipped, WeightMatrix, classify
+from models.matrices import Skipped, WeightMatrix, block_namer, classify
 from models.safety import check_config, check_folder, check_size, check_under_roots, sniff
 from models.sources import GGUFSource, SafetensorsSource, StateDictSource, TensorMeta, TensorSource
 
@@ -59,6 +59,7 @@ class ModelHandle:
     # Held while a diagnostic has hooks on the module: dashboard sessions share one handle, and
     # another session's forward pass would otherwise run through those hooks.
     hooks_lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    _block_name: Callable[[str], str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_params(self) -> int:
@@ -80,8 +81,14 @@ class ModelHandle:
             rows.append(_row(meta, mats, skipped))
         return rows
 
+    def block(self, name: str) -> str:
+        """The block of a stored tensor, prefixed with its tower ("text/3") where the model has several."""
+        if self._block_name is None:
+            self._block_name = block_namer(meta.name for meta in self.source.metas())
+        return self._block_name(name)
+
     def _classify(self, name: str, tensor: torch.Tensor) -> tuple[list[WeightMatrix], Skipped | None]:
-        return classify(name, tensor, model_type=self.model_type, num_heads=self._num_heads())
+        return classify(name, tensor, model_type=self.model_type, num_heads=self._num_heads(), block_name=self.block)
 
     def iter_matrices(self, names: set[str] | None = None) -> Iterator[WeightMatrix]:
         """Yield analysable weight matrices one stored tensor at a time.
@@ -98,8 +105,12 @@ class ModelHandle:
                 if names is None or mat.name in names:
                     yield mat
 
+    def planned_matrices(self) -> list[WeightMatrix]:
+        """Every analysable matrix with its kind and block, as meta tensors: shapes only, no data read."""
+        return [m for meta in self.source.metas() for m in self._classify(meta.name, meta.as_meta_tensor())[0]]
+
     def matrix_names(self) -> list[str]:
-        return [m.name for meta in self.source.metas() for m in self._classify(meta.name, meta.as_meta_tensor())[0]]
+        return [m.name for m in self.planned_matrices()]
 
     def skipped(self) -> list[Skipped]:
         out = []

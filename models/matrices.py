@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import torch
 
@@ -21,6 +22,16 @@ import torch
 MIN_SIDE = 8
 
 _BLOCK_RE = re.compile(r"(?:^|\.)(?:layers?|h|blocks?|blk|resblocks)\.(\d+)(?:\.|$)")
+
+# A tower is the name's first part after wrapper prefixes: dual encoders (CLIP, SigLIP, OpenCLIP's
+# visual) and encoder-decoders (T5, BART, Whisper; GGUF's enc./dec.). CLIP's text_projection and
+# visual_projection end their towers. Anchored at the start, so that heads such as BERT's
+# cls.predictions.decoder are no tower.
+_TOWER_RE = re.compile(
+    r"^(?:(?:model|module|transformer|base_model)\.)*"
+    r"(text_model|vision_model|text|visual|vision|encoder|decoder|enc|dec)(?:\.|_projection\b)"
+)
+_TOWER_NAMES = {"text_model": "text", "vision_model": "vision", "visual": "vision", "enc": "encoder", "dec": "decoder"}
 
 # Ordered: the first pattern that matches a (lower-cased) name gives the kind.
 _KIND_PATTERNS: list[tuple[str, str]] = [
@@ -67,7 +78,8 @@ class WeightMatrix:
 
 
 def block_of(name: str) -> str:
-    """The transformer block a tensor belongs to ("3"), or a coarse group for the rest."""
+    """The transformer block a tensor belongs to ("3"), or a coarse group for the rest, ignoring towers;
+    :func:`block_namer` adds the tower where a model has several."""
     m = _BLOCK_RE.search(name)
     if m:
         return m.group(1)
@@ -77,6 +89,32 @@ def block_of(name: str) -> str:
     if any(t in low for t in ("lm_head", "classifier", "output", "head", "pooler", "norm")):
         return "head"
     return "other"
+
+
+def tower_of(name: str) -> str | None:
+    """The tower a tensor belongs to ("text", "vision", "encoder", "decoder"), or None."""
+    m = _TOWER_RE.match(name)
+    return _TOWER_NAMES.get(m.group(1), m.group(1)) if m else None
+
+
+def block_namer(names: Iterable[str]) -> Callable[[str], str]:
+    """A function giving each tensor of the model with these tensor names its block: "text/3" and
+    "vision/3" where the model has several towers, plain "3" where it has one (BERT's encoder.layer.3
+    is its only tower). Numbered blocks outside any tower count as one more tower: OpenCLIP keeps its
+    text tower at the top level beside visual.*, and its two block 3s must not merge."""
+    towers = set()
+    for name in names:
+        tower = tower_of(name)
+        if tower is not None or _BLOCK_RE.search(name):
+            towers.add(tower)
+    if len(towers) < 2:
+        return block_of
+
+    def block(name: str) -> str:
+        tower = tower_of(name)
+        return f"{tower}/{block_of(name)}" if tower else block_of(name)
+
+    return block
 
 
 def kind_of(name: str) -> str:
@@ -114,8 +152,11 @@ def classify(
     *,
     model_type: str | None = None,
     num_heads: int | None = None,
+    block_name: Callable[[str], str] = block_of,
 ) -> tuple[list[WeightMatrix], Skipped | None]:
-    """Turn one stored tensor into the weight matrices it holds, or the reason it holds none."""
+    """Turn one stored tensor into the weight matrices it holds, or the reason it holds none.
+
+    ``block_name``: the model's :func:`block_namer`; the default knows no towers."""
     shape = tuple(tensor.shape)
     if not tensor.is_floating_point():
         return [], Skipped(name, shape, f"not floating point ({str(tensor.dtype).removeprefix('torch.')})")
@@ -132,7 +173,7 @@ def classify(
     if min(shape[:2]) * positions < MIN_SIDE:
         what = f"smallest side {min(shape[:2])}" + (f" x {positions} kernel positions" if positions > 1 else "")
         return [], Skipped(name, shape, f"too small: {what} < {MIN_SIDE}")
-    block = block_of(name)
+    block = block_name(name)
     if tensor.ndim == 3:
         return [WeightMatrix(name, tensor, "conv1d", block, "conv1d")], None
     if tensor.ndim == 4:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import models
-from models.matrices import MIN_SIDE, block_of, classify, kind_of
+from models.matrices import MIN_SIDE, block_namer, block_of, classify, kind_of, tower_of
 from tests.conftest import TINY_LLAMA
 
 pytestmark = pytest.mark.usefixtures("offline")
@@ -316,3 +316,135 @@ def test_first_conv_layer_with_three_input_channels_is_analysed():
     assert skipped.reason == "too small: smallest side 3 < 8"
     _, skipped = classify("conv1d.weight", torch.randn(16, 1, 5))
     assert skipped.reason == "too small: smallest side 1 x 5 kernel positions < 8"
+
+
+# ---------------------------------------------------------------------------------------
+# Blocks keyed by tower
+
+
+@pytest.mark.parametrize(("name", "tower"), [
+    ("text_model.encoder.layers.3.mlp.fc2.weight", "text"),
+    ("vision_model.embeddings.patch_embedding.weight", "vision"),
+    ("visual.transformer.resblocks.3.attn.in_proj_weight", "vision"),
+    ("text_projection.weight", "text"),
+    ("visual_projection.weight", "vision"),
+    ("encoder.block.3.layer.0.SelfAttention.q.weight", "encoder"),
+    ("model.decoder.layers.3.fc1.weight", "decoder"),
+    ("transformer.encoder.layers.0.self_attention.query_key_value.weight", "encoder"),
+    ("enc.blk.0.attn_q.weight", "encoder"),
+    ("encoder.layer.3.output.dense.weight", "encoder"),
+    # Heads named "decoder" sit below a head module, not at the top: no tower.
+    ("cls.predictions.decoder.weight", None),
+    ("lm_head.decoder.weight", None),
+    ("model.layers.3.mlp.down_proj.weight", None),
+    ("transformer.resblocks.3.attn.out_proj.weight", None),
+    ("textual.weight", None),
+])
+def test_tower_of(name, tower):
+    assert tower_of(name) == tower
+
+
+def test_block_namer_keys_blocks_by_tower_only_where_there_are_several():
+    clip = ["text_model.embeddings.token_embedding.weight", "text_model.encoder.layers.3.mlp.fc1.weight",
+            "text_model.encoder.layers.10.mlp.fc1.weight", "vision_model.encoder.layers.3.mlp.fc1.weight",
+            "text_projection.weight", "logit_scale"]
+    block = block_namer(clip)
+    assert [block(n) for n in clip] == ["text/embeddings", "text/3", "text/10", "vision/3", "text/other", "other"]
+
+    t5 = ["shared.weight", "encoder.block.3.layer.1.DenseReluDense.wi.weight",
+          "decoder.block.3.layer.2.DenseReluDense.wo.weight", "lm_head.weight"]
+    assert [block_namer(t5)(n) for n in t5] == ["other", "encoder/3", "decoder/3", "head"]
+    bart = ["model.shared.weight", "model.encoder.layers.3.fc1.weight", "model.decoder.layers.3.fc1.weight"]
+    assert [block_namer(bart)(n) for n in bart] == ["other", "encoder/3", "decoder/3"]
+
+    # OpenCLIP keeps its text tower unprefixed beside visual.*: the two block 3s stay apart.
+    open_clip = ["transformer.resblocks.3.attn.in_proj_weight", "visual.transformer.resblocks.3.attn.in_proj_weight"]
+    assert [block_namer(open_clip)(n) for n in open_clip] == ["3", "vision/3"]
+
+    for single in (
+        ["embeddings.word_embeddings.weight", "encoder.layer.3.output.dense.weight", "cls.predictions.decoder.weight"],
+        ["model.embed_tokens.weight", "model.layers.3.mlp.down_proj.weight", "lm_head.weight"],
+        ["token_embd.weight", "blk.3.ffn_down.weight", "output.weight"],
+        ["vision_model.encoder.layers.3.mlp.fc2.weight", "vision_model.post_layernorm.weight"],
+    ):
+        block = block_namer(single)
+        assert [block(n) for n in single] == [block_of(n) for n in single], single
+
+
+def _save(model, folder) -> models.ModelHandle:
+    model.save_pretrained(folder, safe_serialization=True)
+    return models.load(str(folder))
+
+
+def test_clip_blocks_are_keyed_by_tower_through_spectra(tmp_path):
+    from transformers import CLIPConfig, CLIPModel
+
+    import charts.spectra
+    import diagnostics.directions
+    import diagnostics.spectra
+
+    torch.manual_seed(0)
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    config = CLIPConfig(
+        text_config=dict(tower, vocab_size=64, max_position_embeddings=16, bos_token_id=0, eos_token_id=1),
+        vision_config=dict(tower, image_size=32, patch_size=8), projection_dim=16,
+    )
+    handle = _save(CLIPModel(config), tmp_path / "clip")
+    assert handle.kind == "clip-like"
+    blocks = {m.block for m in handle.planned_matrices()}
+    assert {"text/0", "text/1", "vision/0", "vision/1", "text/embeddings", "vision/embeddings"} <= blocks
+    assert handle.block("vision_model.post_layernorm.weight") == "vision/head"
+
+    fig = charts.spectra.mean_alpha_per_block(diagnostics.spectra.run(handle))
+    x = list(fig.data[0].x)
+    assert len(x) == len(set(x))
+    assert x.index("text/0") < x.index("text/1") < x.index("vision/0") < x.index("vision/1")
+
+    # The directions page opens on the middle MLP down-projection of one tower.
+    catalog = diagnostics.directions.matrix_catalog(handle)
+    default = next(c for c in catalog if c["name"] == diagnostics.directions.default_matrix(catalog))
+    assert default["kind"] == "mlp-down" and default["block"] in {"text/1", "vision/1"}
+
+
+def test_block_order_sorts_numbers_within_each_tower():
+    from charts.common import block_order
+
+    assert block_order(["head", "10", "2", "other", "embeddings", "1"]) == ["embeddings", "1", "2", "10", "head", "other"]
+    blocks = ["vision/10", "text/2", "head", "text/10", "vision/embeddings", "decoder/1", "text/embeddings",
+              "embeddings", "vision/2", "text/head", "encoder/1", "other"]
+    assert block_order(blocks) == [
+        "embeddings", "text/embeddings", "text/2", "text/10", "text/head", "vision/embeddings", "vision/2",
+        "vision/10", "encoder/1", "decoder/1", "head", "other",
+    ]
+
+
+@pytest.mark.parametrize("arch", ["t5", "bart"])
+def test_encoder_decoder_blocks_are_keyed_by_tower(tmp_path, arch):
+    import transformers
+
+    import diagnostics.overview
+
+    torch.manual_seed(0)
+    if arch == "t5":
+        model = transformers.T5ForConditionalGeneration(transformers.T5Config(
+            vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4))
+    else:
+        model = transformers.BartForConditionalGeneration(transformers.BartConfig(
+            vocab_size=64, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=32))
+    handle = _save(model, tmp_path / arch)
+    blocks = {m.block for m in handle.planned_matrices()}
+    assert {"encoder/0", "encoder/1", "decoder/0", "decoder/1"} <= blocks
+    assert not {"0", "1"} & blocks
+    # The overview counts the norms and biases a tower's block holds under the same key.
+    by_block = diagnostics.overview.run(handle).params_by_block
+    assert by_block["encoder/0"] > sum(m.tensor.numel() for m in handle.planned_matrices() if m.block == "encoder/0")
+
+
+def test_single_tower_builtin_keeps_plain_blocks():
+    handle = models.load("builtin:minilm")
+    blocks = {m.block for m in handle.planned_matrices()}
+    assert {str(i) for i in range(6)} <= blocks
+    assert not any("/" in b for b in blocks)
+    assert blocks - {str(i) for i in range(6)} <= {"embeddings", "head", "other"}
+
