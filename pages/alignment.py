@@ -8,9 +8,10 @@ import ui
 from charts import alignment as charts
 from diagnostics import alignment
 from diagnostics import alignment_data as adata
+from diagnostics import tasks
 from models import BUILTINS, OrthoscopeError
 from models.safety import ALLOWED_ROOTS_ENV, allowed_roots
-from ui import cache, model_picker, report_basket, uploads
+from ui import background, cache, model_picker, report_basket, uploads
 from ui.tables import show_table
 
 ui.sidebar()
@@ -33,8 +34,8 @@ def _limit() -> float:
     return model_picker.upload_limit_mb()
 
 
-def _model_b():
-    """Model B, picked on this page (model A is the sidebar's)."""
+def _model_b() -> tuple[adata.Embedder, tasks.ModelRef] | None:
+    """Model B, picked on this page (model A is the sidebar's), and how a worker opens it."""
     source = st.radio("Model B", B_SOURCES, horizontal=True, key="align_b_source")
     if source == "Built-in":
         keys = list(BUILTINS) + (["e5"] if adata.e5_available() else [])
@@ -42,7 +43,7 @@ def _model_b():
         key = st.selectbox("Built-in model B", keys, index=keys.index("smollm2"), format_func=titles.get,
                            key="align_b_builtin")
         if key == "e5":
-            return _e5_embedder()
+            return _e5_embedder(), tasks.ModelRef(adata.E5_SPEC)
         spec, cfg, max_mb, display = f"builtin:{key}", None, None, None
     elif source == "Upload a model folder":
         files = st.file_uploader("Model folder (config.json, safetensors weights, tokenizer)",
@@ -69,7 +70,7 @@ def _model_b():
         spec, cfg, max_mb, display = f"hf:{repo.removeprefix('hf:')}", None, None, None
     with st.spinner(f"Loading {display or spec} ..."):
         handle = model_picker._cached_load(spec, model_picker._stamp(spec), cfg, max_mb, display)
-    return adata.embedder(handle)
+    return adata.embedder(handle), model_picker.ref_of(spec, cfg, max_mb, display)
 
 
 def _side(model, key: str) -> adata.Side:
@@ -114,11 +115,6 @@ def _image_set() -> adata.ImageSet | None:
         return None
     uploads.check_total_size([f.size for f in images] + [captions.size], _limit())
     return adata.read_image_set([(f.name, f.getvalue()) for f in images], (captions.name, captions.getvalue()))
-
-
-def _embed(side: adata.Side, what: str, items: list, sha: str, progress) -> object:
-    key = side.model.cache_key(sha, side.pooling, side.layer, what)
-    return cache.cached(f"alignment-embeddings|{key}", lambda: adata.plain_embed(side, what, items, sha, progress))
 
 
 def _arrays() -> tuple[alignment.AlignmentInputs | None, str]:
@@ -322,9 +318,10 @@ try:
             st.stop()
         a_model = adata.embedder(handle)
         st.caption(f"Model A (sidebar): {a_model.name} · {a_model.kind}")
-        b_model = _model_b()
-        if b_model is None:
+        picked_b = _model_b()
+        if picked_b is None:
             st.stop()
+        b_model, b_ref = picked_b
         side_a, side_b = _side(a_model, "a"), _side(b_model, "b")
         images = _image_set() if a_model.has_images and b_model.has_images else None
         fit_on = st.radio("Fit on", ("images", "texts"), horizontal=True, key="align_fit_on") if images else "images"
@@ -333,17 +330,17 @@ try:
             st.stop()
         what = {"a": side_a.describe(), "b": side_b.describe(), "fa": a_model.fingerprint, "fb": b_model.fingerprint,
                 "data": images.sha256 if images else texts.sha256, "fit_on": fit_on}
-
-        def build(progress):
-            return adata.model_inputs(side_a, side_b, texts, images, fit_on=fit_on, embed=_embed, progress=progress)
+        given = {"sides": {"a": (model_picker.current_ref(), side_a.pooling, side_a.layer),
+                           "b": (b_ref, side_b.pooling, side_b.layer)},
+                 "texts": texts, "images": images, "fit_on": fit_on}
+        label = f"the alignment of {a_model.name} with {b_model.name}"
     else:
         arrays, sha = _arrays()
         if arrays is None:
             st.stop()
         what = {"arrays": sha}
-
-        def build(progress):
-            return arrays
+        given = {"arrays": arrays}
+        label = f"the alignment of {arrays.name_a} with {arrays.name_b}"
 
     params = _options()
     signature = json.dumps({"what": what, "params": params}, sort_keys=True, default=str)
@@ -356,15 +353,10 @@ try:
         st.info("Press *Fit and measure* to embed, fit the maps and score them." if "align_request" not in st.session_state
                 else "The settings changed since the last run: press *Fit and measure* again.")
         st.stop()
-    bar = st.progress(0.0, text="Embedding ...")
-
-    def compute():
-        inputs = build(lambda f, m: bar.progress(0.4 * f, text=m))
-        return alignment.run(inputs, params, progress=lambda f, m: bar.progress(0.4 + 0.6 * f, text=m))
-
-    result = cache.cached(cache.result_key("alignment", alignment.content_hash(what), params), compute)
-    bar.empty()
 except OrthoscopeError as exc:
     st.error(str(exc))
     st.stop()
+result = background.result(cache.result_key("alignment", alignment.content_hash(what), params),
+                           tasks.Task("alignment", params, inputs=given, carried=background.lent("alignment-embeddings|")),
+                           label, slot="alignment")
 _show(result)

@@ -6,9 +6,9 @@ import streamlit as st
 import ui
 from charts import directions as charts
 from charts.common import block_order
-from diagnostics import directions
+from diagnostics import directions, tasks
 from models import OrthoscopeError
-from ui import cache, inputs, model_picker, report_basket
+from ui import background, cache, inputs, model_picker, report_basket
 from ui.tables import show_table
 
 ui.sidebar()
@@ -119,17 +119,9 @@ if handle is not None:
     if request != params:
         st.info("The settings above have changed: press Compute to update the results below.")
 
-    bar = st.progress(0.0, text="Computing ...")
-    try:
-        result = cache.cached(
-            cache.result_key("directions", handle.fingerprint, request),
-            lambda: directions.run(handle, request, progress=lambda f, m: bar.progress(min(f, 1.0), text=m)),
-        )
-    except OrthoscopeError as exc:
-        bar.empty()
-        st.error(str(exc))
-        st.stop()
-    bar.empty()
+    result = background.result(cache.result_key("directions", handle.fingerprint, request),
+                               tasks.Task("directions", request, model_picker.current_ref()),
+                               f"latent directions of {request['matrices'][0]} in {handle.name}", slot="directions")
 
     m = st.columns(4)
     m[0].metric("Shape (out x in)", f"{result.shape[0]} x {result.shape[1]}")

@@ -6,7 +6,7 @@ import streamlit as st
 
 import ui
 from charts import optimizer_traces as charts
-from diagnostics import optimizer_traces, optimizers, trace_recorder
+from diagnostics import optimizer_traces, optimizers, tasks, trace_recorder
 from models import OrthoscopeError
 from ui import background, cache, inputs, report_basket
 from ui.tables import show_table
@@ -181,25 +181,8 @@ request = inputs.last_request(
     "opt_request", params, "Press Run to train. The runs go on in the background; the page stays usable meanwhile.",
     "The settings above have changed: press Run to train with them. The results below are for the last run.")
 
-key = _key(request)
-job = background.start(key, lambda progress: optimizer_traces.run(request, progress=progress))
-
-
-@st.fragment(run_every=1.0)
-def _watch(job_key: str) -> None:
-    current = background.get(job_key)
-    if current is None or current.done:
-        st.rerun()
-    st.progress(current.fraction, text=f"{current.message} · {current.fraction:.0%}")
-
-
-if not job.done:
-    _watch(key)
-    st.stop()
-if job.error:
-    st.error(job.error)
-    st.stop()
-result = job.result
+result = background.result(_key(request), tasks.Task("optimizer_traces", request),
+                           f"optimizer traces on the {request['bench']} benchmark", slot="optimizer_traces")
 st.caption(f"{result.model_name} · {len(optimizer_traces.plan(request))} run(s) trained in "
            f"{result.timings['total_s']:.1f} s")
 _show(result, "opt")

@@ -4,9 +4,10 @@ import streamlit as st
 
 import ui
 from charts import spectra as charts
-from diagnostics import spectra
+from charts.common import block_order
+from diagnostics import spectra, tasks
 from models import OrthoscopeError
-from ui import cache, model_picker, report_basket
+from ui import background, cache, model_picker, report_basket
 from ui.tables import show_table
 
 ui.sidebar()
@@ -27,8 +28,8 @@ with st.expander("Options", expanded=False):
     detx = c[2].checkbox("SETOL detX / ERG", key="spectra_detx", help="detX_num, detX_val, ERG_gap")
     normalize = c[3].checkbox("Divide eigenvalues by N", key="spectra_normalize")
     c = st.columns(4)
-    fix_fingers = c[0].selectbox("fix_fingers", [None, "clip_xmax"], key="spectra_fix_fingers",
-                                 format_func=lambda v: "off" if v is None else v)
+    # "off", not None: a None option is not kept across reruns (the box shows "Choose an option").
+    fix_fingers = c[0].selectbox("fix_fingers", ["off", "clip_xmax"], key="spectra_fix_fingers")
     conv2d_fft = c[1].checkbox("Exact conv operator spectrum (FFT)", key="spectra_conv2d_fft")
     min_evals = c[2].number_input("min_evals", min_value=2, value=8, step=1, key="spectra_min_evals")
     seed = c[3].number_input("seed", min_value=0, value=0, step=1, key="spectra_seed")
@@ -45,7 +46,7 @@ with st.expander("Options", expanded=False):
 
 try:
     params = spectra.SpectraParams(
-        normalize=normalize, randomize=randomize, mp_fit=mp_fit, detx=detx, fix_fingers=fix_fingers,
+        normalize=normalize, randomize=randomize, mp_fit=mp_fit, detx=detx, fix_fingers=None if fix_fingers == "off" else fix_fingers,
         conv2d_fft=conv2d_fft, min_evals=int(min_evals), seed=int(seed), gof=gof, n_boot=int(n_boot),
         small_n_rule=small_n_rule,
     )
@@ -63,16 +64,9 @@ with st.expander("How the phase and trust are decided"):
 
 handle = model_picker.current_model()
 if handle is not None:
-    try:
-        bar = st.progress(0.0, text="Computing spectra ...")
-        result = cache.cached(
-            cache.result_key("spectra", handle.fingerprint, params.to_dict()),
-            lambda: spectra.run(handle, params, progress=lambda f, m: bar.progress(f, text=m)),
-        )
-        bar.empty()
-    except OrthoscopeError as exc:
-        st.error(str(exc))
-        st.stop()
+    result = background.result(cache.result_key("spectra", handle.fingerprint, params.to_dict()),
+                               tasks.Task("spectra", params, model_picker.current_ref()),
+                               f"layer spectra of {handle.name}", slot="spectra")
 
     frame = result.to_frame()
     if frame.empty:
@@ -99,7 +93,7 @@ if handle is not None:
         )
 
         f = st.columns(2)
-        blocks = f[0].multiselect("Blocks", sorted(frame["block"].unique(), key=str), key="spectra_blocks")
+        blocks = f[0].multiselect("Blocks", block_order(frame["block"].unique()), key="spectra_blocks")
         kinds = f[1].multiselect("Kinds", sorted(frame["kind"].unique()), key="spectra_kinds")
         mask = frame["block"].isin(blocks or frame["block"]) & frame["kind"].isin(kinds or frame["kind"])
         shown = frame[mask]

@@ -6,9 +6,9 @@ import streamlit as st
 
 import ui
 from charts import steering as charts
-from diagnostics import steering, steering_data
+from diagnostics import steering, steering_data, tasks
 from models import OrthoscopeError
-from ui import cache, inputs, model_picker, report_basket
+from ui import background, cache, inputs, model_picker, report_basket
 from ui.tables import show_table
 
 ui.sidebar()
@@ -225,19 +225,13 @@ request = inputs.last_request(
     "Press Compute to read the activations, fit the cylinder and steer the held-out prompts.",
     "The settings above have changed: press Compute to update the results below.")
 
-bar = st.progress(0.0, text="Computing ...")
-try:
-    result = cache.cached(
-        cache.result_key("steering", handle.fingerprint, request),
-        lambda: steering.run(handle, request, st.session_state.get("steer_request_triples"),
-                             progress=lambda f, m: bar.progress(min(max(f, 0.0), 1.0), text=m),
-                             activation_cache=cache.cached),
-    )
-except OrthoscopeError as exc:
-    bar.empty()
-    st.error(str(exc))
-    st.stop()
-bar.empty()
+result = background.result(
+    cache.result_key("steering", handle.fingerprint, request),
+    tasks.Task("steering", request, model_picker.current_ref(),
+               inputs={"triples": st.session_state.get("steer_request_triples")},
+               carried=background.lent(f"steering-activations|{handle.fingerprint}|")),
+    f"cylindrical steering of {handle.name}", slot="steering",
+)
 
 head = charts.summary(result)
 unit_name = head["unit"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -14,6 +15,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# Pages run their diagnostics as background jobs and poll them from the browser; a scripted run
+# (AppTest) waits for the job instead. The browser tests' server does not inherit this.
+os.environ["ORTHOSCOPE_WAIT_FOR_JOBS"] = "1"
 
 TINY_BERT = dict(
     vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,

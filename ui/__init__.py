@@ -10,7 +10,7 @@ def sidebar() -> None:
     import streamlit as st
     from streamlit.runtime.pages_manager import PagesManager
 
-    from ui import model_picker, report_basket, session
+    from ui import background, model_picker, report_basket, session
 
     if PagesManager.uses_pages_directory:
         # A deep link reached a fresh server before app.py ever ran, so Streamlit ran this page
@@ -18,6 +18,7 @@ def sidebar() -> None:
         PagesManager.uses_pages_directory = False
         st.rerun()
     session.restore()
+    session.mirror_token()
     session.keep_picker()
     session.keep_options()
     model_picker.draw_picker()
@@ -25,3 +26,4 @@ def sidebar() -> None:
     session.mirror_model(picked[0] if isinstance(picked, tuple) else None,
                          from_upload=st.session_state.get("model_source") == "Upload")
     report_basket.sidebar()
+    background.sidebar()

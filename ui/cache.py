@@ -36,8 +36,20 @@ def cached(key: str, compute: Callable[[], T]) -> T:
             store.move_to_end(key)
             return store[key]
     value = compute()
+    put_many({key: value})
+    return value
+
+
+def entries(prefix: str) -> dict:
+    """The stored values whose keys start with ``prefix``."""
+    store, lock = _store()
     with lock:
-        store[key] = value
+        return {k: v for k, v in store.items() if k.startswith(prefix)}
+
+
+def put_many(values: dict) -> None:
+    store, lock = _store()
+    with lock:
+        store.update(values)
         while len(store) > MAX_ENTRIES:
             store.popitem(last=False)
-    return value

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from models import BUILTINS, DEFAULT_BUILTIN, ModelHandle, OrthoscopeError, load
+from diagnostics.tasks import ModelRef
+from models import BUILTINS, DEFAULT_BUILTIN, ModelHandle, OrthoscopeError
 from models.safety import ALLOWED_ROOTS_ENV, allowed_roots
 from ui import uploads
 
@@ -18,9 +19,14 @@ SOURCES = ("Built-in", "Upload", "Local path", "Hugging Face")
 def _cached_load(spec: str, stamp: str, config_path: str | None, max_mb: float | None, display: str | None) -> ModelHandle:
     # ``stamp`` changes whenever the files behind ``spec`` do (content hash for uploads,
     # size + mtime for paths), so the cache key is explicit and no tensor is ever hashed.
-    roots = allowed_roots() if spec and not spec.startswith(("builtin:", "hf:")) and not _is_upload(spec) else None
-    return load(spec, allowed_roots=roots, max_mb=max_mb,
-                config_path=Path(config_path) if config_path else None, display_name=display)
+    return ref_of(spec, config_path, max_mb, display).open()
+
+
+def ref_of(spec: str, config_path: str | None, max_mb: float | None, display: str | None) -> ModelRef:
+    """How a worker process opens this model: local paths a user typed must lie under the allowed roots."""
+    checked = spec and not spec.startswith(("builtin:", "hf:")) and not _is_upload(spec)
+    roots = tuple(str(r) for r in allowed_roots()) if checked else None
+    return ModelRef(spec, config_path, max_mb, display, roots)
 
 
 def _is_upload(spec: str) -> bool:
@@ -121,6 +127,11 @@ def draw_picker() -> None:
         st.session_state["picked_model"] = picked_spec()
     except OrthoscopeError as exc:
         st.session_state["picked_model"] = exc
+
+
+def current_ref() -> ModelRef:
+    """The model picked in the sidebar, as a worker process opens it (call after :func:`current_model`)."""
+    return ref_of(*st.session_state["picked_model"])
 
 
 def current_model() -> ModelHandle | None:

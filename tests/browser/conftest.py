@@ -41,6 +41,7 @@ def app_url(tmp_path_factory):
     port = _free_port()
     log = (tmp_path_factory.mktemp("streamlit") / "server.log").open("w")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("ORTHOSCOPE_WAIT_FOR_JOBS", None)  # the browser polls the jobs, as a user's would
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
