@@ -97,38 +97,45 @@ def _finish(job: Job) -> None:
 
 def _supervise(job: Job, task: tasks.Task, slots: threading.Semaphore) -> None:
     with slots:
-        if job.cancelled:
-            return _finish(job)
-        context = _context()
-        receive, send = context.Pipe(duplex=False)
-        threads = max(1, (os.cpu_count() or 1) // workers())
-        job.process = context.Process(target=tasks.work, args=(task, send, tasks.environment(), threads),
-                                      name=f"orthoscope: {job.label}", daemon=True)
-        job.message = "starting a worker ..."
-        job.process.start()
-        send.close()
-        if job.cancelled:
-            job.process.terminate()
         try:
-            while True:
-                try:
-                    message = receive.recv()
-                except (EOFError, OSError):
-                    break
-                if message[0] == "progress":
-                    job.progress(message[1], message[2])
-                elif message[0] == "done":
-                    job.result, job.carried = message[1], message[2]
-                    job.progress(1.0, "done")
-                else:
-                    job.error = message[1]
+            if not job.cancelled:
+                _run(job, task)
+        except Exception as exc:  # the worker could not be started or reached: say so, never spin forever
+            job.error = f"The job could not run in a worker process ({type(exc).__name__}: {exc})."
         finally:
-            receive.close()
-            job.process.join(CANCEL_GRACE_S)
-            if job.process.is_alive():
-                job.process.kill()
-                job.process.join()
             _finish(job)
+
+
+def _run(job: Job, task: tasks.Task) -> None:
+    context = _context()
+    receive, send = context.Pipe(duplex=False)
+    threads = max(1, (os.cpu_count() or 1) // workers())
+    job.process = context.Process(target=tasks.work, args=(task, send, tasks.environment(), threads),
+                                  name=f"orthoscope: {job.label}", daemon=True)
+    job.message = "starting a worker ..."
+    job.process.start()
+    send.close()
+    if job.cancelled:
+        job.process.terminate()
+    try:
+        while True:
+            try:
+                message = receive.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "progress":
+                job.progress(message[1], message[2])
+            elif message[0] == "done":
+                job.result, job.carried = message[1], message[2]
+                job.progress(1.0, "done")
+            else:
+                job.error = message[1]
+    finally:
+        receive.close()
+        job.process.join(CANCEL_GRACE_S)
+        if job.process.is_alive():
+            job.process.kill()
+            job.process.join()
 
 
 def start(key: str, task: tasks.Task, label: str, owner: str | None = None) -> Job:
