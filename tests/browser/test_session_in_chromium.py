@@ -30,7 +30,10 @@ def test_the_model_picked_on_the_overview_is_the_model_of_every_page(page: Page,
     main = page.get_by_test_id("stMain")
     expect(main.get_by_text(f"Loaded {SMOL}")).to_be_visible(timeout=240_000)
     assert re.search(r"model=builtin(%3A|:)smollm2", page.url), page.url
-    for title, marker in (("Optimizer traces", "Press Run to train"), ("Cylindrical steering", "Press Compute"),
+    # Layer spectra and Latent directions start computing at once: their progress names the model.
+    computing = re.compile(rf"^Computing .* {SMOL}")
+    for title, marker in (("Layer spectra", computing), ("Latent directions", computing),
+                          ("Optimizer traces", "Press Run to train"), ("Cylindrical steering", "Press Compute"),
                           ("Model overview", "Parameters per block")):
         _nav(page, title)
         expect(main.get_by_text(marker).first).to_be_visible(timeout=240_000)
