@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +13,11 @@ import torch
 
 from models import module_cache
 from models.builtin import BUILTINS, builtin_path
+from models.config import ModelConfig, read_config, read_weight_map, validate_config
 from models.errors import OrthoscopeError
+from models.limits import MODULE_SIZE_RATIO, MODULE_SIZE_SLACK, check_memory, check_regular_file
 from models.matrices import Skipped, WeightMatrix, block_namer, classify
-from models.safety import check_config, check_folder, check_size, check_under_roots, sniff
+from models.safety import check_folder, check_size, check_under_roots, sniff
 from models.sources import GGUFSource, SafetensorsSource, StateDictSource, TensorMeta, TensorSource
 
 KINDS = ("encoder", "causal-lm", "clip-like", "vision", "state-dict")
@@ -60,6 +62,8 @@ class ModelHandle:
     # another session's forward pass would otherwise run through those hooks.
     hooks_lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     _block_name: Callable[[str], str] | None = field(default=None, repr=False, compare=False)
+    # What the loader chose and why, for the user: e.g. which weight file of a folder was read.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_params(self) -> int:
@@ -75,11 +79,13 @@ class ModelHandle:
 
     def tensor_rows(self) -> list[TensorRow]:
         """Every stored tensor with its fate in analysis, from shapes alone (no data read)."""
-        rows = []
-        for meta in self.source.metas():
-            mats, skipped = self._classify(meta.name, meta.as_meta_tensor())
-            rows.append(_row(meta, mats, skipped))
-        return rows
+        return [_row(meta, *self._plan(meta)) for meta in self.source.metas()]
+
+    def _plan(self, meta: TensorMeta) -> tuple[list[WeightMatrix], Skipped | None]:
+        """What a stored tensor yields, from its shape alone; a tensor the source cannot read is skipped."""
+        if meta.unsupported:
+            return [], Skipped(meta.name, meta.shape, meta.unsupported)
+        return self._classify(meta.name, meta.as_meta_tensor())
 
     def block(self, name: str) -> str:
         """The block of a stored tensor, prefixed with its tower ("text/3") where the model has several."""
@@ -97,7 +103,7 @@ class ModelHandle:
         Skipped tensors are not read at all; :meth:`skipped` lists them with reasons.
         """
         for meta in self.source.metas():
-            planned, skipped = self._classify(meta.name, meta.as_meta_tensor())
+            planned, skipped = self._plan(meta)
             if skipped is not None or (names is not None and not names & {m.name for m in planned}):
                 continue
             mats, _ = self._classify(meta.name, self.source.get(meta.name))
@@ -107,7 +113,7 @@ class ModelHandle:
 
     def planned_matrices(self) -> list[WeightMatrix]:
         """Every analysable matrix with its kind and block, as meta tensors: shapes only, no data read."""
-        return [m for meta in self.source.metas() for m in self._classify(meta.name, meta.as_meta_tensor())[0]]
+        return [m for meta in self.source.metas() for m in self._plan(meta)[0]]
 
     def matrix_names(self) -> list[str]:
         return [m.name for m in self.planned_matrices()]
@@ -115,7 +121,7 @@ class ModelHandle:
     def skipped(self) -> list[Skipped]:
         out = []
         for meta in self.source.metas():
-            _, skipped = self._classify(meta.name, meta.as_meta_tensor())
+            _, skipped = self._plan(meta)
             if skipped is not None:
                 out.append(skipped)
         return out
@@ -204,6 +210,8 @@ def load(
     if allowed_roots is not None:
         path = check_under_roots(path, allowed_roots)
     if not path.exists():
+        if path.is_symlink():
+            raise OrthoscopeError(f"{spec} is a symbolic link to nothing readable (dangling, or a link loop).")
         raise OrthoscopeError(f"{spec} does not exist.")
     check_size(path, max_mb)
     handle = _load_path(path, spec, config_path=config_path)
@@ -213,21 +221,16 @@ def load(
 
 
 def _read_config(path: Path) -> dict:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OrthoscopeError(f"{path.name} is not valid JSON ({exc}).") from None
-    if not isinstance(config, dict):
-        raise OrthoscopeError(f"{path.name} is not a JSON object.")
-    check_config(config, path.name)
-    return config
+    """config.json, bounded and validated (models.config); the raw dict is what transformers is given."""
+    data, _ = read_config(path)
+    return data
 
 
 def _kind_from_config(config: dict | None) -> str:
     if not config:
         return "state-dict"
     archs = " ".join(config.get("architectures") or [])
-    model_type = str(config.get("model_type", "")).lower()
+    model_type = str(config.get("model_type") or "").lower()
     if "CausalLM" in archs or "LMHead" in archs:
         return "causal-lm"
     if model_type in {"clip", "siglip", "siglip2", "chinese_clip", "altclip"} or "CLIPModel" in archs:
@@ -255,55 +258,106 @@ def _load_path(path: Path, spec: str, *, config_path: Path | None) -> ModelHandl
     return _handle(path.name, spec, source, config, folder=None)
 
 
+# transformers' own file names, in the order its from_pretrained looks for them.
+_SAFE_SINGLE, _SAFE_INDEX = "model.safetensors", "model.safetensors.index.json"
+
+
 def _load_folder(folder: Path, spec: str) -> ModelHandle:
-    check_folder(folder)
+    """A model folder: one weight source, chosen once, for both the analysis and the module.
+
+    Safetensors are preferred to pickles, in transformers' order: ``model.safetensors``, then the shard
+    index, then any other ``*.safetensors`` (as shards of one checkpoint); then a single ``.gguf``;
+    then a single ``.bin``/``.pt``. Weight files of the other kinds are ignored, and a note says so."""
+    files = [p for p, _ in check_folder(folder) if p.parent == folder]
     config = _read_config(folder / "config.json") if (folder / "config.json").exists() else None
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        files = _shards_from_index(index)
-        source: TensorSource = SafetensorsSource(files)
-    elif shards := sorted(folder.glob("*.safetensors")):
-        source = SafetensorsSource(shards)
-    elif ggufs := sorted(folder.glob("*.gguf")):
+    safetensors = sorted(p for p in files if p.suffix == ".safetensors")
+    ggufs = sorted(p for p in files if p.suffix == ".gguf")
+    bins = sorted(p for p in files if p.suffix in {".bin", ".pt", ".pth"})
+    _refuse_folders_named_as_weights(folder)
+    index = folder / _SAFE_INDEX
+    pretrained = False  # whether transformers' from_pretrained would read exactly these files
+    if (folder / _SAFE_SINGLE) in safetensors:
+        chosen = [folder / _SAFE_SINGLE]
+        source: TensorSource = SafetensorsSource(chosen)
+        pretrained = True
+    elif index.exists():
+        chosen = _shards_from_index(index)
+        source = SafetensorsSource(chosen)
+        _check_index_against_shards(index, source)
+        chosen = chosen + [index]
+        pretrained = True
+    elif safetensors:
+        chosen = safetensors
+        source = SafetensorsSource(safetensors)
+    elif ggufs:
         if len(ggufs) > 1:
             raise OrthoscopeError(f"{folder.name} holds several .gguf files; pick one file instead of the folder.")
         return _load_gguf(ggufs[0], spec)
-    elif bins := sorted(folder.glob("*.bin")) + sorted(folder.glob("*.pt")):
+    elif bins:
         if len(bins) > 1:
             raise OrthoscopeError(
                 f"{folder.name} holds several .bin/.pt files; sharded pickled checkpoints are not supported, "
                 "convert them to safetensors."
             )
+        chosen = bins
         source = StateDictSource(bins[0], sniff(bins[0]))
     else:
         what = "a config.json but no weights" if config else "no weights"
+        if folder.suffix in {".safetensors", ".bin", ".pt", ".pth", ".gguf"}:
+            what = f"{what} (it is a folder named like a weights file)"
         raise OrthoscopeError(
             f"{folder.name} has {what}: expected *.safetensors, model.safetensors.index.json, *.gguf, or one .bin/.pt file."
         )
-    return _handle(folder.name, spec, source, config, folder=folder)
+    handle = _handle(folder.name, spec, source, config, folder=folder, pretrained=pretrained)
+    ignored = sorted({p.name for p in safetensors + ggufs + bins} - {c.name for c in chosen})
+    if ignored:
+        handle.notes.append(
+            f"{folder.name}: analysed, and its module built, from {', '.join(c.name for c in chosen[:3])}"
+            f"{' ...' if len(chosen) > 3 else ''}; ignored: {', '.join(ignored[:5])}{' ...' if len(ignored) > 5 else ''}."
+        )
+    return handle
+
+
+def _refuse_folders_named_as_weights(folder: Path) -> None:
+    """A folder named like a weight file (``x.safetensors``, ``pytorch_model.bin``) is refused by name,
+    rather than left for transformers to stumble on."""
+    for pattern in ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.json"):
+        for p in folder.glob(pattern):
+            if p.is_dir():
+                raise OrthoscopeError(f"{folder.name}/{p.name} is a folder where a file was expected.")
 
 
 def _shards_from_index(index: Path) -> list[Path]:
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise OrthoscopeError(f"{index.name} is not a valid shard index ({exc}).") from None
+    weight_map = read_weight_map(index)
+    folder = index.parent.resolve()
     files = []
     for shard in sorted(set(weight_map.values())):
         path = (index.parent / shard).resolve()
-        if index.parent.resolve() not in path.parents:
+        if folder not in path.parents:
             raise OrthoscopeError(f"{index.name} names a shard outside its folder: {shard}.")
         if not path.exists():
             raise OrthoscopeError(f"{index.name} names the shard {shard}, which is missing.")
+        check_regular_file(path, f"{index.parent.name}/{shard}")
         files.append(path)
     return files
 
 
-def _handle(name: str, spec: str, source: TensorSource, config: dict | None, folder: Path | None) -> ModelHandle:
+def _check_index_against_shards(index: Path, source: SafetensorsSource) -> None:
+    """Every tensor the index lists is in the shard it names (transformers trusts the index)."""
+    weight_map = read_weight_map(index)
+    where = {meta.name: path.name for meta in source.metas() for path in [source.shard_of(meta.name)]}
+    for name, shard in weight_map.items():
+        if where.get(name) != shard:
+            found = f"it is in {where[name]}" if name in where else "no shard holds it"
+            raise OrthoscopeError(f"{index.name} places tensor {name[:80]!r} in {shard}, but {found}.")
+
+
+def _handle(name: str, spec: str, source: TensorSource, config: dict | None, folder: Path | None,
+            pretrained: bool = False) -> ModelHandle:
     kind = _kind_from_config(config)
     handle = ModelHandle(name=name, spec=spec, kind=kind, fingerprint=fingerprint(source.files), source=source, config=config)
     if config is not None:
-        handle.module_loader = lambda: _module_from(folder, config, source, kind)
+        handle.module_loader = lambda: _module_from(folder if pretrained else None, config, source, kind)
     if folder is not None and any(folder.glob("tokenizer*")) or (folder is not None and (folder / "vocab.txt").exists()):
         handle.tokenizer_loader = lambda: _tokenizer_from(folder)
     return handle
@@ -312,9 +366,10 @@ def _handle(name: str, spec: str, source: TensorSource, config: dict | None, fol
 def _load_gguf(path: Path, spec: str) -> ModelHandle:
     source = GGUFSource(path)
     title = source.metadata.get("general.name") or path.stem
+    config = {"model_type": source.architecture[:200]}
+    validate_config(config, path.name)
     handle = ModelHandle(
-        name=str(title), spec=spec, kind="causal-lm", fingerprint=fingerprint([path]), source=source,
-        config={"model_type": source.architecture},
+        name=str(title), spec=spec, kind="causal-lm", fingerprint=fingerprint([path]), source=source, config=config,
     )
 
     handle.module_loader = lambda: module_cache.gguf_module(path, handle.fingerprint)
@@ -328,19 +383,137 @@ def _auto_class(kind: str):
     return transformers.AutoModelForCausalLM if kind == "causal-lm" else transformers.AutoModel
 
 
+def _check_config_sizes(typed: ModelConfig, source: TensorSource) -> None:
+    """Refuse a config whose declared sizes cannot describe the stored weights, from numbers alone.
+
+    Runs before transformers builds anything, even on the meta device (building 10^6 layers there
+    still takes hours). Each transformer layer holds at least one hidden x hidden matrix and the
+    embedding is vocab x hidden, so both products are lower bounds on the module's parameters."""
+    metas = [m for m in source.metas() if not m.unsupported]  # a sparse 10^6 x 10^6 holds one value
+    stored = sum(m.numel for m in metas)
+    matrices = sum(1 for m in metas if len(m.shape) >= 2)
+    allowed = MODULE_SIZE_RATIO * stored + MODULE_SIZE_SLACK
+    for prefix, cfg in (("", typed), ("text_config.", typed.text_config), ("vision_config.", typed.vision_config)):
+        if cfg is None:
+            continue
+        layers, width, vocab = cfg.layers(), cfg.width(), cfg.vocab_size
+        # Weight sharing (ALBERT) lets a few matrices serve many layers, hence the floor of 256.
+        if layers and layers > max(matrices, 256):
+            raise OrthoscopeError(
+                f"the weights do not match config.json: it declares {layers:,} layers ({prefix}num_hidden_layers) "
+                f"but the weights hold only {matrices:,} matrices."
+            )
+        for what, size in ((f"{layers or 0:,} layers of width {width or 0:,}", (layers or 0) * (width or 0) ** 2),
+                           (f"a {vocab or 0:,} x {width or 0:,} embedding", (vocab or 0) * (width or 0))):
+            if size > allowed:
+                raise OrthoscopeError(
+                    f"the weights do not match config.json: {prefix or 'it '}declares {what} (at least {size:,} "
+                    f"parameters), but the weights hold {stored:,}."
+                )
+
+
+def _planned_module(auto, cfg) -> torch.nn.Module:
+    """The module the config describes, built on the meta device: shapes, no memory."""
+    with torch.device("meta"):
+        return auto.from_config(cfg, trust_remote_code=False)
+
+
+def _check_module_against_weights(planned: torch.nn.Module, source: TensorSource, strict_names: bool) -> int:
+    """Compare the planned module's tensors with the stored ones before anything is allocated; returns the
+    module's bytes in float32.
+
+    A tensor both have under one name (allowing for the base model's prefix) must have one shape; the
+    module may hold at most MODULE_SIZE_RATIO times the stored parameters (plus slack); and, where the
+    weights are loaded by name here (``strict_names``), at least half of the module's parameters must be
+    found among them."""
+    stored = {m.name: m.shape for m in source.metas() if not m.unsupported}
+    stored_numel = sum(math.prod(s) for s in stored.values())
+    prefix = getattr(planned, "base_model_prefix", "") or ""
+    module_numel = found = 0
+    tensors = dict(planned.named_parameters())
+    tensors.update(dict(planned.named_buffers()))
+    seen: set[int] = set()
+    for key, t in tensors.items():
+        if id(t) in seen:  # tied weights count once
+            continue
+        seen.add(id(t))
+        module_numel += t.numel()
+        name = _stored_name(key, stored, prefix)
+        if name is None:
+            continue
+        if tuple(stored[name]) != tuple(t.shape):
+            show = lambda shape: "x".join(map(str, shape)) or "scalar"  # noqa: E731
+            raise OrthoscopeError(
+                f"the weights do not match config.json: it makes {key[:80]} {show(t.shape)}, the weights store "
+                f"{show(stored[name])}."
+            )
+        found += t.numel()
+    if module_numel > MODULE_SIZE_RATIO * stored_numel + MODULE_SIZE_SLACK:
+        raise OrthoscopeError(
+            f"the weights do not match config.json: it describes a module of {module_numel:,} parameters, "
+            f"the weights hold {stored_numel:,}."
+        )
+    if strict_names and module_numel and found < module_numel / 2:
+        missing = [k for k in tensors if _stored_name(k, stored, prefix) is None]
+        raise OrthoscopeError(
+            f"the weights do not match config.json: {len(missing)} of the module's tensors are missing "
+            f"(e.g. {missing[0][:80]})."
+        )
+    return 4 * module_numel
+
+
+def _stored_name(key: str, stored: dict, prefix: str) -> str | None:
+    if key in stored:
+        return key
+    if prefix:
+        if f"{prefix}.{key}" in stored:
+            return f"{prefix}.{key}"
+        if key.startswith(prefix + ".") and key[len(prefix) + 1:] in stored:
+            return key[len(prefix) + 1:]
+    return None
+
+
 def _module_from(folder: Path | None, config: dict, source: TensorSource, kind: str) -> torch.nn.Module:
+    """The module, built from the very files the analysis reads (``source``).
+
+    ``folder`` is given only when transformers' from_pretrained reads exactly those files
+    (``model.safetensors`` or the shard index, with ``use_safetensors=True`` so that it never falls back
+    to a ``pytorch_model.bin`` beside them); otherwise the module is built from the config and the
+    source's tensors are loaded into it by name. Either way the config is first checked against the
+    stored weights, from its numbers and then on the meta device, so that a config declaring far more
+    than the files hold is refused before anything is allocated."""
     import transformers
 
+    _check_config_sizes(validate_config(config), source)
     auto = _auto_class(kind)
     try:
-        if folder is not None and isinstance(source, SafetensorsSource):
-            return auto.from_pretrained(str(folder), dtype=torch.float32, trust_remote_code=False)
-        cfg = transformers.AutoConfig.for_model(**config)
+        if folder is not None:  # the config from_pretrained reads (validated at load, as config_dict)
+            cfg = transformers.AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+        else:
+            cfg = transformers.AutoConfig.for_model(**config)
+        planned = _planned_module(auto, cfg)
+    except Exception as exc:  # transformers raises many types on configs it cannot use
+        text = " ".join(str(exc).split())[:300]
+        raise OrthoscopeError(f"transformers could not build this architecture ({type(exc).__name__}: {text}).") from None
+    nbytes = _check_module_against_weights(planned, source, strict_names=folder is None)
+    del planned
+    if folder is None:
+        nbytes += sum(m.numel * 4 for m in source.metas() if not m.unsupported)  # the state dict, beside the module
+    check_memory(nbytes, "building this model's module")
+    try:
+        if folder is not None:
+            return auto.from_pretrained(str(folder), config=cfg, dtype=torch.float32, trust_remote_code=False,
+                                        use_safetensors=True)
         model = auto.from_config(cfg, trust_remote_code=False)
-    except (ValueError, KeyError, OSError, TypeError) as exc:
-        raise OrthoscopeError(f"transformers could not build this architecture ({exc}).") from None
-    state = {meta.name: source.get(meta.name) for meta in source.metas()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    except Exception as exc:  # untrusted weights and config meet transformers' code: report, don't crash
+        text = " ".join(str(exc).split())[:300]
+        raise OrthoscopeError(f"transformers could not build this architecture ({type(exc).__name__}: {text}).") from None
+    state = {meta.name: source.get(meta.name) for meta in source.metas() if not meta.unsupported}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        text = " ".join(str(exc).split())[:300]
+        raise OrthoscopeError(f"the weights do not match config.json ({text}).") from None
     if len(missing) > len(model.state_dict()) // 2:
         raise OrthoscopeError(
             f"the weights do not match config.json: {len(missing)} of the module's tensors are missing "
@@ -352,7 +525,11 @@ def _module_from(folder: Path | None, config: dict, source: TensorSource, kind: 
 def _tokenizer_from(folder: Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except Exception as exc:  # tokenizer files are untrusted input to transformers and tokenizers
+        text = " ".join(str(exc).split())[:300]
+        raise OrthoscopeError(f"the tokenizer in {folder.name} could not be loaded ({type(exc).__name__}: {text}).") from None
 
 
 def _load_hub(spec: str) -> ModelHandle:
