@@ -3,19 +3,26 @@
     python cli.py overview --model builtin:minilm --out out/
 
 Exit status: 0 success; 1 a --fail-on check matched; 2 bad input or a model that cannot be
-loaded (one line on stderr says why). Progress goes to stderr.
+loaded (one line on stderr says why); 3 an internal error (a bug: one line, the traceback with
+--debug); 130 interrupted. Progress goes to stderr. Every string that came from a file (tensor
+names, concept names, paths) is stripped of control characters and escape sequences before it is
+printed (reports.text.printable).
 """
 
 from __future__ import annotations
 
 import argparse
 import operator
+import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+# Where an internal error (a bug, not bad input) should be reported.
+REPORT_TO = "the Orthoscope issue tracker"
+EXIT_CHECKS, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 1, 2, 3, 130, 141
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq, "!=": operator.ne}
 _CHECK_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|!=|<|>)\s*(-?[0-9.eE+-]+)\s*$")
 
@@ -38,6 +45,64 @@ def parse_checks(text: str | None) -> list[tuple[str, str, float]]:
     return checks
 
 
+def say(text: object, *, keep_newlines: bool = False, file=None) -> None:
+    """Print to stderr (or ``file``) with control characters and escape sequences removed: names and
+    messages that came from files never reach the terminal as escape codes or forged lines."""
+    from reports.text import printable
+
+    print(printable(text, keep_newlines=keep_newlines), file=sys.stderr if file is None else file)
+
+
+def _shown_path(path: Path) -> str:
+    text = str(path)
+    return text if len(text) <= 200 else f"{text[:120]} ... {text[-60:]}"
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an --out that cannot become a writable folder, before anything is computed: an existing
+    file, a path through a file or device (/dev/null/x), or a folder this user may not write (tried by
+    making and removing an empty folder there, which also catches read-only and special filesystems)."""
+    import tempfile
+
+    from models import OrthoscopeError
+
+    def refuse(why: str) -> OrthoscopeError:
+        return OrthoscopeError(f"--out {_shown_path(out)}: {why}; give a folder to write the report into.")
+
+    try:
+        if out.exists():
+            if not out.is_dir():
+                raise refuse("is a file, not a folder" if out.is_file() else "is not a folder (a device or pipe)")
+            where, shown = out, "this folder"
+        else:
+            where = out.absolute()
+            while not where.exists() and not where.is_symlink():
+                where = where.parent
+            if where.is_symlink() and not where.exists():
+                raise refuse(f"{_shown_path(where)} is a symbolic link to nothing")
+            if not where.is_dir():
+                raise refuse(f"{_shown_path(where)} is not a folder (a file or a device), so nothing can be made under it")
+            shown = _shown_path(where)
+        if not os.access(where, os.W_OK | os.X_OK):
+            raise refuse(f"{shown} is not writable")
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".orthoscope-probe-", dir=where))
+        except OSError as exc:
+            raise refuse(f"{shown} is not writable ({exc.strerror or exc})") from None
+    except OSError as exc:  # a name too long, a permission denied while looking
+        raise refuse(exc.strerror or str(exc)) from None
+
+
+def input_file(path: Path, flag: str) -> None:
+    """An input file named by ``flag`` exists and is a regular file (a FIFO or a device would block the read)."""
+    from models import OrthoscopeError
+    from models.limits import check_regular_file
+
+    if not path.exists():
+        raise OrthoscopeError(f"{flag}: no file {path}.")
+    check_regular_file(path, f"{flag} {path}")
+
+
 def numbers(text: str, flag: str, kind=float) -> list:
     """``"1,2,4"`` -> [1.0, 2.0, 4.0] for the option ``--flag``, with a one-line error otherwise."""
     from models import OrthoscopeError
@@ -48,19 +113,58 @@ def numbers(text: str, flag: str, kind=float) -> list:
         raise OrthoscopeError(f"--{flag}: cannot read {text!r}; write comma-separated numbers.") from None
 
 
-def failed_checks(frame, checks) -> list[str]:
-    """One line per row that matches a check, naming the row and the value."""
-    from models import OrthoscopeError
+def numeric_column(frame, column: str):
+    """``frame[column]`` as numbers (float, NaN for a missing value), or None when it holds text.
 
+    Booleans count as 0/1; a column of objects counts when every non-missing value is a number."""
+    import numpy as np
+    import pandas as pd
+
+    values = frame[column]
+    if pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_numeric_dtype(values.dtype):
+        return values.astype(float)
+    if values.dtype != object:
+        return None
+    present = values[values.notna()]
+    if not all(isinstance(v, (bool, int, float, np.integer, np.floating, np.bool_)) for v in present):
+        return None
+    return pd.to_numeric(values, errors="coerce").astype(float)
+
+
+def numeric_columns(frame) -> list[str]:
+    return [str(c) for c in frame.columns if numeric_column(frame, c) is not None]
+
+
+def check_columns(frame, checks) -> None:
+    """Refuse a --fail-on column that the table lacks or that holds text, naming the numeric ones."""
+    from models import OrthoscopeError
+    from reports.text import printable
+
+    for column, _, _ in checks:
+        if column not in frame.columns:
+            problem = f"no column {column!r}"
+        elif numeric_column(frame, column) is None:
+            problem = f"the column {column!r} holds text, not numbers"
+        else:
+            continue
+        available = numeric_columns(frame)
+        raise OrthoscopeError(printable(f"--fail-on: {problem}; the numeric columns are: "
+                                        f"{', '.join(available) if available else '(none)'}."))
+
+
+def failed_checks(frame, checks) -> list[str]:
+    """One line per row that matches a check, naming the row and the value (names made printable)."""
+    from reports.text import printable
+
+    check_columns(frame, checks)
     lines = []
     for column, op, value in checks:
-        if column not in frame.columns:
-            raise OrthoscopeError(f"--fail-on: no column {column!r}; columns are: {', '.join(frame.columns)}.")
-        values = frame[column]
-        hit = values.notna() & _OPS[op](values, value)
-        for _, row in frame[hit].iterrows():
-            label = row["name"] if "name" in frame.columns else f"{frame.columns[0]}={row[frame.columns[0]]}"
-            lines.append(f"{label}: {column}={row[column]:.6g} ({column}{op}{value:g})")
+        values = numeric_column(frame, column)
+        hit = (values.notna() & _OPS[op](values, value)).to_numpy()
+        for pos in hit.nonzero()[0]:
+            row = frame.iloc[pos]
+            label = row["name"] if "name" in frame.columns else f"{frame.columns[0]}={row.iloc[0]}"
+            lines.append(printable(f"{label}: {column}={values.iloc[pos]:.6g} ({column}{op}{value:g})"))
     return lines
 
 
@@ -81,8 +185,10 @@ class _Bar:
         self._bar = tqdm(total=1000, desc=label, file=sys.stderr, leave=False, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
     def __call__(self, fraction: float, message: str) -> None:
-        self._bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
-        self._bar.set_postfix_str(message[-60:], refresh=True)
+        from reports.text import printable
+
+        self._bar.n = int(1000 * min(max(fraction, 0.0), 1.0)) if fraction == fraction else 0  # NaN: 0
+        self._bar.set_postfix_str(printable(message)[-60:], refresh=True)
 
     def close(self) -> None:
         self._bar.close()
@@ -91,7 +197,7 @@ class _Bar:
 def load_model(spec: str):
     from models import load
 
-    print(f"loading {spec} ...", file=sys.stderr)
+    say(f"loading {spec} ...")
     return load(spec)
 
 
@@ -212,7 +318,7 @@ def cmd_alignment(args) -> list:
     if models:
         if not (args.model_a and args.model_b):
             raise OrthoscopeError("give both --model-a and --model-b.")
-        print(f"loading {args.model_a} and {args.model_b} ...", file=sys.stderr)
+        say(f"loading {args.model_a} and {args.model_b} ...")
         a = adata.Side(adata.load_embedder(args.model_a), args.pooling_a, args.layer_a)
         b = adata.Side(adata.load_embedder(args.model_b), args.pooling_b, args.layer_b)
         images = adata.load_image_set(args.images, args.captions) if args.images else None
@@ -233,9 +339,9 @@ def cmd_alignment(args) -> list:
     }
     result = with_bar("alignment", lambda bar: alignment.run(inputs, params, progress=bar))
     for line in result.warnings:
-        print(f"warning: {line}", file=sys.stderr)
+        say(f"warning: {line}")
     for split in result.data["splits"]:
-        print(f"note: split '{split['split']}': {split['note']}", file=sys.stderr)
+        say(f"note: split '{split['split']}': {split['note']}")
     return [result]
 
 
@@ -275,7 +381,7 @@ def cmd_directions(args) -> list:
     }
     handle = load_model(args.model)
     result = with_bar("directions", lambda bar: directions.run(handle, params, progress=bar))
-    print(directions.headline(result), file=sys.stderr)
+    say(directions.headline(result))
     return [result]
 
 
@@ -315,8 +421,7 @@ def cmd_optimizers(args) -> list:
     from models import OrthoscopeError
 
     if args.trace is not None:
-        if not args.trace.is_file():
-            raise OrthoscopeError(f"--trace: no file {args.trace}.")
+        input_file(args.trace, "--trace")
         return [optimizer_traces.from_trace(trace_recorder.read_trace(args.trace), args.trace.name)]
     lrs = {}
     for item in args.lr:
@@ -334,9 +439,13 @@ def cmd_optimizers(args) -> list:
         "decay": args.decay, "every": args.every, "alpha_every": args.alpha_every, "eval_every": args.eval_every,
         "adamw_lr": args.adamw_lr, "weight_decay": args.weight_decay,
     })
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        trace = open(args.out / "traces.jsonl", "w", encoding="utf-8")
+    except OSError as exc:
+        raise OrthoscopeError(f"cannot write {args.out / 'traces.jsonl'} ({exc.strerror or exc}).") from None
     # Streamed line by line, so an interrupted comparison still leaves the runs it finished.
-    with open(args.out / "traces.jsonl", "w", encoding="utf-8") as trace:
+    with trace:
         def sink(record: dict) -> None:
             trace.write(trace_recorder.dumps(record) + "\n")
 
@@ -344,11 +453,11 @@ def cmd_optimizers(args) -> list:
     compare = result.compare()
     if not compare.empty:
         # The headline with its evidence, on stderr beside the progress; stdout lists the files written.
-        print(optimizer_traces.protocol_text(result), file=sys.stderr)
+        say(optimizer_traces.protocol_text(result), keep_newlines=True)
         shown = ["name", "lr", "best_val_loss", "test_loss_at_best_val", "test_loss_at_best_val_lo",
                  "test_loss_at_best_val_hi", "test_acc_at_best_val", "test_loss_ratio_to_adamw"]
-        print(compare[shown].to_string(index=False, float_format=lambda x: f"{x:.4g}"), file=sys.stderr)
-    print(args.out / "traces.jsonl")
+        say(compare[shown].to_string(index=False, float_format=lambda x: f"{x:.4g}"), keep_newlines=True)
+    say(args.out / "traces.jsonl", file=sys.stdout)
     return [result]
 
 
@@ -437,7 +546,7 @@ def cmd_steering(args) -> list:
     from models import OrthoscopeError
 
     if args.list_concepts:
-        print("\n".join(steering_data.concept_names()))
+        say("\n".join(steering_data.concept_names()), keep_newlines=True, file=sys.stdout)
         return []
     # The run would find these too, but only after loading the model.
     builtin = args.concept in steering_data.concepts()
@@ -450,8 +559,7 @@ def cmd_steering(args) -> list:
                               "--tokens 'dog, dogs'; only a built-in concept has words of its own.")
     triples = None
     if args.triples is not None:
-        if not args.triples.is_file():
-            raise OrthoscopeError(f"--triples: no file {args.triples}.")
+        input_file(args.triples, "--triples")
         triples = steering_data.parse_triples(args.triples.read_bytes(), args.triples.name)
     params = {
         "concept": args.concept, "tokens": tokens, "control": args.control, "layer": args.layer,
@@ -466,16 +574,15 @@ def cmd_steering(args) -> list:
     handle = load_model(args.model)
     result = with_bar("steering", lambda bar: steering.run(handle, params, triples, progress=bar))
     for line in result.notes:
-        print(f"note: {line}", file=sys.stderr)
+        say(f"note: {line}")
     p = result.params
     # The headline with the protocol it was measured on, on stderr beside the progress; stdout lists the files written.
-    print(f"{result.concept['name']} at block {result.layer} of {result.n_layers}: {result.n_steered} held-out prompts "
+    say(f"{result.concept['name']} at block {result.layer} of {result.n_layers}: {result.n_steered} held-out prompts "
           f"steered (fit on {result.n_fit}); position {p['position']}, unit {p['unit']}, steered tokens "
-          f"{p['steer_tokens']}, hook {p['hook']}, {p['null_draws']} random direction(s) per vector as the null",
-          file=sys.stderr)
-    print(result.summary["verdict"], file=sys.stderr)
+          f"{p['steer_tokens']}, hook {p['hook']}, {p['null_draws']} random direction(s) per vector as the null")
+    say(result.summary["verdict"])
     if result.summary["axis_gain"]:
-        print(result.summary["axis_gain"], file=sys.stderr)
+        say(result.summary["axis_gain"])
     return [result]
 
 
@@ -505,16 +612,58 @@ COMMANDS: dict[str, Command] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cli.py", description="Orthoscope diagnostics without the dashboard.")
+    parser.add_argument("--debug", action="store_true", help="on an internal error, print its traceback")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
         p = sub.add_parser(name, help=command.help, description=command.help)
         command.add_arguments(p)
         p.add_argument("--out", type=Path, help="directory for report.html, report.json and CSV tables (required)")
         p.add_argument("--fail-on", default=None, help='exit 1 when a row of the main table matches, e.g. "alpha<2"')
+        # Also accepted after the command; SUPPRESS keeps a --debug given before it.
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="on an internal error, print its traceback")
     return parser
 
 
+def internal_error_line(exc: BaseException) -> str:
+    """The one line an unexpected exception becomes (its message made printable and cut short)."""
+    from reports.text import printable
+
+    message = printable(str(exc)).strip()
+    if len(message) > 300:
+        message = message[:300] + " ..."
+    what = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return (f"internal error ({what}), please report it at {REPORT_TO} "
+            f"\u2014 rerun with --debug for the traceback")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Known before parsing, so that an error while the parser is built still honours it.
+    debug = "--debug" in argv[: argv.index("--")] if "--" in argv else "--debug" in argv
+    try:
+        return run(argv)
+    except KeyboardInterrupt:
+        say("interrupted.")
+        return EXIT_INTERRUPTED
+    except SystemExit:  # argparse: usage and exit 2 (or 0 for --help)
+        raise
+    except BrokenPipeError:  # stdout closed early (cli.py ... | head): not a bug, nothing more to say
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        if debug:
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        say(internal_error_line(exc))
+        return EXIT_INTERNAL
+
+
+def run(argv: list[str]) -> int:
     from models import OrthoscopeError
     from reports import write
 
@@ -525,19 +674,21 @@ def main(argv: list[str] | None = None) -> int:
     func = COMMANDS[args.command].run
     try:
         checks = parse_checks(args.fail_on)
+        if args.out is not None:
+            check_out_dir(args.out)
         results = func(args)
         written = write(results, args.out) if results else []
         failures = [line for r in results for line in failed_checks(checked_rows(r, args), checks)]
     except OrthoscopeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        say(f"error: {exc}")
+        return EXIT_INPUT
     for path in written:
-        print(path)
+        say(path, file=sys.stdout)
     if failures:
-        print(f"{len(failures)} check(s) failed:", file=sys.stderr)
+        say(f"{len(failures)} check(s) failed:")
         for line in failures:
-            print(f"  {line}", file=sys.stderr)
-        return 1
+            say(f"  {line}")
+        return EXIT_CHECKS
     return 0
 
 
