@@ -61,6 +61,25 @@ def test_the_basket_survives_a_reload_under_the_session_token():
     assert forged.query_params["session"] != "../../etc"
 
 
+def test_an_upload_is_linked_by_its_content_hash_and_a_link_reopens_it():
+    import torch
+    from safetensors.torch import save
+
+    from ui import uploads
+
+    data = save({"layers.0.weight": torch.ones(16, 16)})
+    path = uploads.save_files([("tiny.safetensors", data)], keep_folders=False) / "tiny.safetensors"
+    link = "upload:" + path.relative_to(uploads.current_root()).as_posix()
+    at = started(model=link)
+    assert at.session_state["picked_model"][0] == str(path)
+    assert at.sidebar.radio(key="model_source").value == "Upload"
+    assert at.query_params["model"] == link
+    for forged in ("upload:../../etc/passwd", "upload:/etc/passwd", "upload:" + "a" * 5000, "upload:missing/x.pt"):
+        at = started(model=forged)
+        assert not at.exception
+        assert at.session_state["picked_model"][0] == "builtin:minilm", forged
+
+
 # --- A page's settings in the URL ------------------------------------------------------------------
 
 SPECTRA = "pages/spectra.py"  # computes MiniLM's spectra (a few seconds; cached after the first run)

@@ -6,8 +6,9 @@
   outlives the page. (The pages live in ``pages/``, which Streamlit also reads as its older
   multipage layout; drawing the sidebar once in app.py is therefore not seen on every path.)
 - Reload and links: the model spec is mirrored into the URL (``?model=builtin:smollm2``); a fresh
-  session reads it back before the picker is drawn. Uploads are not put in the URL: their files
-  live only on this server, so a link could not carry them.
+  session reads it back before the picker is drawn. An upload goes in as ``upload:HASH/NAME`` (its
+  folder under this server's private upload directory): a reload or a link opened on this server
+  finds it while the server holds it (ui/uploads.py deletes uploads after a time limit).
 - The basket: a reload starts a new Streamlit session, so the basket is kept on the server under a
   random token that is also in the URL (``?session=...``). A server-side store was chosen over the
   browser's local storage because it needs no custom JavaScript component and the results (with
@@ -113,9 +114,34 @@ def _is_default(meta, value: Any) -> bool:
         return False
 
 
+def _upload_link(spec: str) -> str | None:
+    """``upload:HASH/NAME`` for a file this server holds under its content hash, else None."""
+    from ui import uploads
+
+    root = uploads.current_root()
+    if root is None or not uploads.is_upload(spec):
+        return None
+    return "upload:" + Path(spec).resolve().relative_to(root.resolve()).as_posix()
+
+
+def _seed_upload(link: str) -> None:
+    """A link to an upload opens it while this server still holds the file (see ui/uploads.py's TTL)."""
+    from ui import uploads
+
+    root = uploads.current_root()
+    rel = link.removeprefix("upload:")
+    if root is None or len(rel) > 300 or rel.startswith("/") or ".." in rel.split("/"):
+        return
+    path = root / rel
+    if uploads.is_upload(path) and path.exists():
+        st.session_state.update(model_source="Upload", last_upload=(str(path), None, path.name))
+
+
 def _seed_picker(spec: str) -> None:
-    """Set the picker's widgets from a spec in the URL (built-in, hub id or local path)."""
-    if spec.startswith("builtin:") and spec.removeprefix("builtin:") in BUILTINS:
+    """Set the picker's widgets from a spec in the URL (built-in, hub id, upload or local path)."""
+    if spec.startswith("upload:"):
+        _seed_upload(spec)
+    elif spec.startswith("builtin:") and spec.removeprefix("builtin:") in BUILTINS:
         st.session_state.update(model_source="Built-in", builtin_key=spec.removeprefix("builtin:"))
     elif spec.startswith("hf:"):
         st.session_state.update(model_source="Hugging Face", hf_id=spec.removeprefix("hf:"))
@@ -157,10 +183,11 @@ def mirror_token() -> None:
 
 
 def mirror_model(spec: str | None, from_upload: bool) -> None:
-    """Put the picked model into the URL, or take it out when it cannot be linked."""
-    if spec and not from_upload:
-        if st.query_params.get("model") != spec:
-            st.query_params["model"] = spec
+    """Put the picked model into the URL (an upload by its content hash), or take it out when it cannot be linked."""
+    link = (_upload_link(spec) if from_upload else spec) if spec else None
+    if link:
+        if st.query_params.get("model") != link:
+            st.query_params["model"] = link
     elif "model" in st.query_params:
         del st.query_params["model"]
 
