@@ -75,6 +75,7 @@ from threadpoolctl import ThreadpoolController
 
 from diagnostics.result import Result
 from models.errors import OrthoscopeError
+from models.limits import check_memory
 
 Progress = Callable[[float, str], None]
 
@@ -143,6 +144,16 @@ DRAW_COLUMNS = (
 
 
 _THREADS = ThreadpoolController()  # limits BLAS threads around run() (see its docstring)
+# Magnitudes whose squares, summed over a few million products, stay inside float64's normal range.
+MAX_MAGNITUDE = 1e50
+MIN_MAGNITUDE = 1e-50
+# Rows aligned at most: every held-out row is ranked against every other, for every map, anchor
+# count and draw (with the defaults about 800 times) and k-center anchors cost n x pool; above this
+# a run takes hours. The n x n similarities themselves are computed in blocks of BLOCK_ELEMENTS.
+MAX_ROWS = 20_000
+BLOCK_ELEMENTS = 4_000_000
+# Fits, PCA and map geometry need a few d x d float64 matrices at once (d: the common width).
+WIDTH_MATRICES = 12
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,6 +184,17 @@ def as_matrix(a, name: str) -> np.ndarray:
             f"{name} has {len(rows)} row(s) with NaN or infinite values (rows {shown}, counting from 0); "
             "remove those items from both sides before aligning."
         )
+    top = float(np.abs(arr).max())
+    if top > MAX_MAGNITUDE:
+        raise OrthoscopeError(
+            f"{name} holds values up to {top:.3g}: their products overflow float64 (beyond 1e308) in every fit; "
+            "divide the embeddings by a common factor first (cosine scores do not change)."
+        )
+    if 0 < top < MIN_MAGNITUDE:
+        raise OrthoscopeError(
+            f"{name} holds values no larger than {top:.3g}: their products underflow to zero in every fit; "
+            "multiply the embeddings by a common factor first (cosine scores do not change)."
+        )
     return arr
 
 
@@ -182,6 +204,52 @@ def check_pair(X: np.ndarray, Y: np.ndarray, names: tuple[str, str] = ("A", "B")
             f"{names[0]} has {X.shape[0]} rows but {names[1]} has {Y.shape[0]}: row i of each must embed the "
             "same item."
         )
+
+
+def check_size(X: np.ndarray, Y: np.ndarray, p: dict) -> None:
+    """Refuse, before any work, a run whose rows or widths are beyond what it can do in bounded time
+    and memory: ``MAX_ROWS`` rows, and the d x d matrices of the fits within the memory budget."""
+    n = X.shape[0]
+    if n > MAX_ROWS:
+        raise OrthoscopeError(
+            f"{n:,} rows: alignment ranks every held-out row against every other, for every map, anchor count and "
+            f"draw, and takes at most {MAX_ROWS:,} rows; align a random subset of the items (the same rows of A and B)."
+        )
+    wide = max(X.shape[1], Y.shape[1])
+    check_memory(WIDTH_MATRICES * 8 * wide * wide, f"maps between {X.shape[1]}- and {Y.shape[1]}-dimensional "
+                 f"embeddings ({WIDTH_MATRICES} matrices of {wide} x {wide})")
+    # The permutation nulls hold a block of shuffles at a time; their results, one number each.
+    check_memory(8 * 4 * p["n_permutations"] + 8 * BLOCK_ELEMENTS * 4, "the permutation nulls")
+
+
+def degeneracy_warnings(Z: np.ndarray, name: str) -> list[str]:
+    """Refuse embeddings that carry nothing to align (all zero, every row the same); warn about a
+    single dimension and about centred embeddings of rank 1 or below their possible rank."""
+    n, d = Z.shape
+    if not Z.any():
+        raise OrthoscopeError(f"{name}'s embeddings are all zero: there is nothing to align.")
+    if (Z == Z[0]).all():
+        raise OrthoscopeError(f"every row of {name}'s embeddings is the same vector: the items cannot be told apart, "
+                              "so there is nothing to align.")
+    out = []
+    if d == 1:
+        out.append(f"{name} has a single dimension: the only orthogonal maps are +1 and -1, and the cosine of two "
+                   "single numbers is +1 or -1, so retrieval ties half of the items; read its scores as a sign check.")
+    Zc = Z - Z.mean(axis=0)
+    G = Zc.T @ Zc if d <= n else Zc @ Zc.T
+    evals = np.clip(np.linalg.eigvalsh(G), 0, None)
+    # Eigenvalues of the Gram matrix carry an error near eps x the largest: directions below 1e-5 of
+    # the largest singular value (1e-10 in eigenvalue) count as none.
+    rank = int((evals > evals.max() * 1e-10).sum()) if evals.size and evals.max() > 0 else 0
+    possible = min(n - 1, d)
+    if d > 1 and rank <= 1:
+        out.append(f"{name}'s embeddings vary along {'no direction' if rank == 0 else 'one direction'} only (centred "
+                   f"rank {rank} of {d} dimensions): every item lies on one line, so most items cannot be told apart "
+                   "and scores near chance are expected; the maps are pinned down along that line only.")
+    elif rank < possible:
+        out.append(f"{name}'s centred embeddings span {rank} of the {possible} directions {n} items in {d} dimensions "
+                   "could span: the maps are pinned down on that span only, and what they do off it is arbitrary.")
+    return out
 
 
 def check_labels(labels, n: int, name: str = "labels") -> list[str] | None:
@@ -502,13 +570,10 @@ def retrieval(A: np.ndarray, B: np.ndarray, labels: list[str] | None = None, ks=
     way). Ranks count ties against the match (rank = number of candidates at least as similar as
     the match), so degenerate spaces cannot score by accident. ``class_top1``: the nearest
     candidate carries the query's label. Similarities are computed in float32 (see the tests:
-    float64 gives the same displayed numbers).
+    float64 gives the same displayed numbers), in blocks of rows (:func:`match_ranks`).
     """
-    S = unit_rows(A).astype(np.float32) @ unit_rows(B).astype(np.float32).T
-    diag = S.diagonal()
-    rank_ab = (S >= diag[:, None]).sum(axis=1)
-    rank_ba = (S >= diag[None, :]).sum(axis=0)
-    n = S.shape[0]
+    rank_ab, rank_ba, best_ab, best_ba = match_ranks(A, B)
+    n = rank_ab.shape[0]
     out = {}
     for k in ks:
         key = "top1" if k == 1 else f"recall{k}"
@@ -518,11 +583,45 @@ def retrieval(A: np.ndarray, B: np.ndarray, labels: list[str] | None = None, ks=
     out["mean_rank_ba"] = float(rank_ba.mean())
     if labels is not None:
         lab = np.asarray(labels)
-        out["class_top1_ab"] = float((lab[S.argmax(axis=1)] == lab).mean())
-        out["class_top1_ba"] = float((lab[S.argmax(axis=0)] == lab).mean())
+        out["class_top1_ab"] = float((lab[best_ab] == lab).mean())
+        out["class_top1_ba"] = float((lab[best_ba] == lab).mean())
     else:
         out["class_top1_ab"] = out["class_top1_ba"] = float("nan")
     return out
+
+
+def match_ranks(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Ranks of the matched pairs in both directions and each row's / column's best match, from the
+    cosine similarities ``S = unit(A) unit(B)^T`` (float32).
+
+    ``S`` is n x n; above ``BLOCK_ELEMENTS`` it is never held whole: blocks of rows are multiplied
+    twice, once for the diagonal and once to count, so memory stays at a block whatever ``n``.
+    """
+    UA, UB = unit_rows(A).astype(np.float32), unit_rows(B).astype(np.float32)
+    n = UA.shape[0]
+    if n * n <= BLOCK_ELEMENTS:
+        S = UA @ UB.T
+        diag = S.diagonal()
+        return ((S >= diag[:, None]).sum(axis=1), (S >= diag[None, :]).sum(axis=0), S.argmax(axis=1),
+                S.argmax(axis=0))
+    step = max(1, BLOCK_ELEMENTS // n)
+    blocks = [slice(i, min(n, i + step)) for i in range(0, n, step)]
+    diag = np.empty(n, dtype=np.float32)
+    for b in blocks:
+        S = UA[b] @ UB.T
+        diag[b] = S[np.arange(S.shape[0]), np.arange(b.start, b.stop)]
+    rank_ab, rank_ba = np.empty(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    best_ab = np.empty(n, dtype=np.int64)
+    col_best, col_arg = np.full(n, -np.inf, dtype=np.float32), np.zeros(n, dtype=np.int64)
+    for b in blocks:
+        S = UA[b] @ UB.T
+        rank_ab[b] = (S >= diag[b, None]).sum(axis=1)
+        rank_ba += (S >= diag[None, :]).sum(axis=0)
+        best_ab[b] = S.argmax(axis=1)
+        top, arg = S.max(axis=0), S.argmax(axis=0) + b.start
+        better = top > col_best  # strictly: the first row wins ties, as argmax over the whole column
+        col_best[better], col_arg[better] = top[better], arg[better]
+    return rank_ab, rank_ba, best_ab, col_arg
 
 
 def evaluate(m: Map, X: np.ndarray, Y: np.ndarray, labels: list[str] | None) -> dict:
@@ -554,7 +653,7 @@ def linear_cka(X: np.ndarray, Y: np.ndarray) -> float:
 
 def _cka_from(Xc, Yc, cross_sq: float, grams: tuple[float, float] | None = None) -> float:
     gx, gy = grams or _gram_norms_sq(Xc, Yc)
-    den = math.sqrt(gx * gy)
+    den = math.sqrt(gx) * math.sqrt(gy)  # not sqrt(gx * gy): the product of two fourth powers underflows first
     return float(cross_sq / den) if den > 0 else float("nan")
 
 
@@ -588,15 +687,27 @@ def _debiased_from(Xc, Yc, cross_sq: float, perm: np.ndarray | None = None,
     hxx = _hsic_u(gx, a, a)
     hyy = _hsic_u(gy, b, b)
     hxy = _hsic_u(cross_sq, a, b if perm is None else b[perm])
-    return float(hxy / math.sqrt(hxx * hyy)) if hxx > 0 and hyy > 0 else float("nan")
+    den = math.sqrt(hxx) * math.sqrt(hyy) if hxx > 0 and hyy > 0 else 0.0
+    return float(hxy / den) if den > 0 else float("nan")
 
 
 def knn_indices(Z: np.ndarray, k: int) -> np.ndarray:
-    """Each row's ``k`` nearest other rows by cosine similarity."""
+    """Each row's ``k`` nearest other rows by cosine similarity (in blocks of rows above
+    ``BLOCK_ELEMENTS`` similarities, so the n x n matrix is never held whole)."""
     U = unit_rows(Z).astype(np.float32)
-    S = U @ U.T
-    np.fill_diagonal(S, -np.inf)
-    return np.argpartition(-S, k - 1, axis=1)[:, :k]
+    n = U.shape[0]
+    if n * n <= BLOCK_ELEMENTS:
+        S = U @ U.T
+        np.fill_diagonal(S, -np.inf)
+        return np.argpartition(-S, k - 1, axis=1)[:, :k]
+    out = np.empty((n, k), dtype=np.int64)
+    step = max(1, BLOCK_ELEMENTS // n)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        S = U[start:stop] @ U.T
+        S[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        out[start:stop] = np.argpartition(-S, k - 1, axis=1)[:, :k]
+    return out
 
 
 def _knn_overlap(NX: np.ndarray, NY: np.ndarray) -> float:
@@ -611,7 +722,8 @@ def mutual_knn(X: np.ndarray, Y: np.ndarray, k: int = 10) -> float:
 
 
 def _top_left_singular(Zc: np.ndarray, max_dims: int, energy: float = 0.99) -> np.ndarray:
-    """Orthonormal columns spanning the top SVD directions of ``Zc`` that keep ``energy`` of its variance."""
+    """Orthonormal columns spanning the top SVD directions of ``Zc`` that keep ``energy`` of its variance
+    (no columns when ``Zc`` has no variance at all)."""
     n, d = Zc.shape
     if d <= n:
         evals, V = np.linalg.eigh(Zc.T @ Zc)
@@ -628,8 +740,16 @@ def _top_left_singular(Zc: np.ndarray, max_dims: int, energy: float = 0.99) -> n
 def _dims_for(evals: np.ndarray, max_dims: int, energy: float) -> int:
     total = evals.sum()
     positive = int((evals > total * 1e-12).sum())
-    k = int(np.searchsorted(np.cumsum(evals) / total, energy) + 1) if total > 0 else 1
+    if total <= 0 or positive == 0:
+        return 0
+    k = int(np.searchsorted(np.cumsum(evals) / total, energy) + 1)
     return max(1, min(k, max_dims, positive))
+
+
+def _mean_canonical(Ux: np.ndarray, Uy: np.ndarray) -> float:
+    if Ux.shape[1] == 0 or Uy.shape[1] == 0:
+        return float("nan")  # a space with no variance has no subspace to correlate
+    return float(np.linalg.svd(Ux.T @ Uy, compute_uv=False).mean())
 
 
 def svcca(X: np.ndarray, Y: np.ndarray, max_dims: int = 32) -> float:
@@ -637,8 +757,7 @@ def svcca(X: np.ndarray, Y: np.ndarray, max_dims: int = 32) -> float:
     ``max_dims`` directions) of each centred space (Raghu et al. 2017). The canonical
     correlations are the singular values of ``Ux^T Uy`` for orthonormal bases of those subspaces.
     """
-    Ux, Uy = _top_left_singular(_centre(X), max_dims), _top_left_singular(_centre(Y), max_dims)
-    return float(np.linalg.svd(Ux.T @ Uy, compute_uv=False).mean())
+    return _mean_canonical(_top_left_singular(_centre(X), max_dims), _top_left_singular(_centre(Y), max_dims))
 
 
 def similarity_with_nulls(X: np.ndarray, Y: np.ndarray, *, n_permutations: int, seed: int, k: int,
@@ -658,6 +777,9 @@ def similarity_with_nulls(X: np.ndarray, Y: np.ndarray, *, n_permutations: int, 
     n = X.shape[0]
     if n < 5:
         raise OrthoscopeError(f"the held-out split has {n} rows; map-free similarity needs at least 5.")
+    # Every measure here is invariant to the scale of each space: bring both to a largest |value| of
+    # 1 first, so that the Gram norms (fourth powers of the values) neither overflow nor underflow.
+    X, Y = X / (float(np.abs(X).max()) or 1.0), Y / (float(np.abs(Y).max()) or 1.0)
     Xc, Yc = _centre(X), _centre(Y)
     k = min(k, n - 1)
     NX, NY = knn_indices(X, k), knn_indices(Y, k)
@@ -670,18 +792,23 @@ def similarity_with_nulls(X: np.ndarray, Y: np.ndarray, *, n_permutations: int, 
         "linear CKA": _cka_from(Xc, Yc, cross_obs, (gx, gy)),
         "debiased CKA": _debiased_from(Xc, Yc, cross_obs, None, (gx, gy)),
         knn_name: _knn_overlap(NX, NY),
-        "SVCCA": float(np.linalg.svd(Ux.T @ Uy, compute_uv=False).mean()),
+        "SVCCA": _mean_canonical(Ux, Uy),
     }
     rng = np.random.default_rng(seed)
-    perms = np.stack([rng.permutation(n) for _ in range(n_permutations)]) if n_permutations else np.zeros((0, n), int)
-    cross = _permuted_cross_sq(Xc, Yc, perms)
-    den = math.sqrt(gx * gy)
-    nulls = {
-        "linear CKA": cross / den if den > 0 else np.full(len(perms), np.nan),
-        "debiased CKA": _permuted_debiased(cross, a, b, gx, gy, perms),
-        knn_name: _permuted_knn(NX, NY, perms),
-        "SVCCA": _permuted_svcca(Ux, Uy, perms),
-    }
+    den = math.sqrt(gx) * math.sqrt(gy)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in observed}
+    # The shuffles are drawn and used a block at a time (the same sequence as drawing them all),
+    # so that n_permutations x n indices are never held at once.
+    step = max(1, BLOCK_ELEMENTS // max(n, 1))
+    for start in range(0, n_permutations, step):
+        count = min(step, n_permutations - start)
+        perms = np.stack([rng.permutation(n) for _ in range(count)])
+        cross = _permuted_cross_sq(Xc, Yc, perms)
+        parts["linear CKA"].append(cross / den if den > 0 else np.full(count, np.nan))
+        parts["debiased CKA"].append(_permuted_debiased(cross, a, b, gx, gy, perms))
+        parts[knn_name].append(_permuted_knn(NX, NY, perms))
+        parts["SVCCA"].append(_permuted_svcca(Ux, Uy, perms))
+    nulls = {name: np.concatenate(p) if p else np.zeros(0) for name, p in parts.items()}
     rows = []
     floor = 1.0 / (1 + n_permutations)
     for name, value in observed.items():
@@ -713,7 +840,7 @@ def _permuted_cross_sq(Xc: np.ndarray, Yc: np.ndarray, perms: np.ndarray) -> np.
     """
     n, (da, db) = Xc.shape[0], (Xc.shape[1], Yc.shape[1])
     out = np.empty(len(perms))
-    if 200 * n < da * db:
+    if 200 * n < da * db and n * n <= BLOCK_ELEMENTS:
         K, L = Xc @ Xc.T, Yc @ Yc.T
         for sl in _chunks(len(perms), n * n):
             p = perms[sl]
@@ -736,7 +863,8 @@ def _permuted_debiased(cross: np.ndarray, a: np.ndarray, b: np.ndarray, gx: floa
         return np.full(len(perms), np.nan)
     ab = b[perms] @ a  # a . b[p] for each shuffle
     hxy = cross - n / (n - 2) * ab + float(a.sum() * b.sum()) / ((n - 1) * (n - 2))
-    return hxy / math.sqrt(hxx * hyy)
+    den = math.sqrt(hxx) * math.sqrt(hyy)
+    return hxy / den if den > 0 else np.full(len(perms), np.nan)
 
 
 def _permuted_knn(NX: np.ndarray, NY: np.ndarray, perms: np.ndarray) -> np.ndarray:
@@ -755,6 +883,8 @@ def _permuted_knn(NX: np.ndarray, NY: np.ndarray, perms: np.ndarray) -> np.ndarr
 
 def _permuted_svcca(Ux: np.ndarray, Uy: np.ndarray, perms: np.ndarray) -> np.ndarray:
     n, ky = Uy.shape
+    if Ux.shape[1] == 0 or ky == 0:
+        return np.full(len(perms), np.nan)
     out = np.empty(len(perms))
     for sl in _chunks(len(perms), n * ky):
         M = Ux.T[None] @ Uy[perms[sl]]
@@ -1094,7 +1224,11 @@ def run(inputs: AlignmentInputs, params: dict | None = None, progress: Progress 
     products), so a second core is used when it is free.
     """
     with _THREADS.limit(limits=1, user_api="blas"):
-        return _run(inputs, params, progress)
+        try:
+            return _run(inputs, params, progress)
+        except np.linalg.LinAlgError as exc:  # the checks in _run leave none known; a one-line refusal if one slips by
+            raise OrthoscopeError(f"a factorisation did not converge on these embeddings ({exc}); check them for "
+                                  "extreme or degenerate values.") from None
 
 
 def _run(inputs: AlignmentInputs, params: dict | None, progress: Progress | None) -> AlignmentResult:
@@ -1103,12 +1237,15 @@ def _run(inputs: AlignmentInputs, params: dict | None, progress: Progress | None
     report = progress or (lambda f, m: None)
     X, Y = as_matrix(inputs.X, f"{inputs.name_a} embeddings"), as_matrix(inputs.Y, f"{inputs.name_b} embeddings")
     check_pair(X, Y, (inputs.name_a, inputs.name_b))
+    check_size(X, Y, p)
+    degenerate = degeneracy_warnings(X, inputs.name_a) + degeneracy_warnings(Y, inputs.name_b)
     labels = check_labels(inputs.labels, X.shape[0])
     if labels is not None and len(set(labels)) < 2:
         labels = None  # one class carries no information for class-level scores
     timings: dict[str, float] = dict(inputs.timings)
 
     splits, warnings = split_draws(X.shape[0], labels, p)
+    warnings = degenerate + warnings
     rows_split = splits[SEEN if labels is not None else ROWS][0]
     prep = _prepare(X, Y, p, rows_split.pool, rows_split.test)
     pool, test, Xw, Yw = prep["pool"], prep["test"], prep["X"], prep["Y"]
@@ -1487,10 +1624,8 @@ def _budget_job(prep: dict, job, p: dict) -> list[dict]:
             m = fitter.fit(name, p)
             mapped = m.apply(Xw[test])
             groups = [("all", None)] if mask is None else [("seen", mask), ("unseen", ~mask)]
-            S = unit_rows(mapped).astype(np.float32) @ unit_rows(Yw[test]).astype(np.float32).T
-            diag = S.diagonal()
-            hit_ab = (S >= diag[:, None]).sum(axis=1) == 1
-            hit_ba = (S >= diag[None, :]).sum(axis=0) == 1
+            rank_ab, rank_ba, _, _ = match_ranks(mapped, Yw[test])
+            hit_ab, hit_ba = rank_ab == 1, rank_ba == 1
             cos = (unit_rows(mapped) * unit_rows(Yw[test])).sum(axis=1)
             for group, g in groups:
                 sel = slice(None) if g is None else g
@@ -1626,6 +1761,8 @@ def _projection(Xt, Yt, m: Map, labels, p: dict) -> dict:
         Zc = Z - Z.mean(axis=0)
         _, V = np.linalg.eigh(Zc.T @ Zc)
         coords = Zc @ V[:, ::-1][:, :2]
+        if coords.shape[1] < 2:  # a single dimension: its values on x, nothing on y
+            coords = np.hstack([coords, np.zeros((coords.shape[0], 2 - coords.shape[1]))])
         return coords[: len(A)], coords[len(A):]
 
     a0, b0 = pca2(Xt[rows], Yt[rows])

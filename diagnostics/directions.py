@@ -74,6 +74,7 @@ from diagnostics.batching import right_padded
 from diagnostics.result import Result
 from diagnostics.threads import single_thread
 from models import ModelHandle, OrthoscopeError, WeightMatrix
+from models.limits import check_memory
 
 Progress = Callable[[float, str], None]
 
@@ -242,6 +243,19 @@ def _not_a_matrix(handle: ModelHandle, name: str, known: set[str]) -> str:
     close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else f" It has {len(known)} matrices, e.g. {min(known)}."
     return f"there is no weight matrix named {name!r} in {handle.name}.{hint}"
+
+
+def check_finite(mats: list[WeightMatrix]) -> None:
+    """Refuse, in one line, matrices with NaN or infinite weights: their SVD is undefined (LAPACK
+    fails or returns NaN), so they are skipped with the reason, as the spectra diagnostic skips them."""
+    for m in mats:
+        t = m.tensor
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            found = " and ".join(part for part in (f"{nan:,} NaN" if nan else "", f"{inf:,} infinite" if inf else "")
+                                 if part)
+            raise OrthoscopeError(f"{m.name} holds {found} weight(s); latent directions skip matrices that are not "
+                                  "finite (their SVD is undefined). Choose another matrix.")
 
 
 def stacked(mats: list[WeightMatrix]) -> torch.Tensor:
@@ -786,6 +800,10 @@ def _run(handle: ModelHandle, params: dict | None, progress: Progress | None) ->
     start = clock
     report(0.0, "reading " + ", ".join(p["matrices"]))
     mats = load_matrices(handle, p["matrices"])
+    check_finite(mats)
+    rows, cols = sum(m.shape[0] for m in mats), int(np.prod(mats[0].shape[1:]))
+    # A, its SVD factors, the rownorm copy and its factors, float64.
+    check_memory(6 * 8 * rows * cols, f"the SVD of a {rows} x {cols} matrix")
     A = stacked(mats)
     k = p["k"]
     report(0.05, f"SVD of a {A.shape[0]} x {A.shape[1]} matrix")

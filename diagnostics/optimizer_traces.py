@@ -537,7 +537,10 @@ class OptimizerTracesResult(Result):
             else:
                 steps = [r for r in self._of("step") if r["run_id"] == run_id]
                 evals = [r for r in self._of("eval") if r["run_id"] == run_id]
+                # A loop's own trace may end without a summary: divergence is then read off its losses.
+                losses = [r.get("loss") for r in steps]
                 row.update(steps_done=steps[-1]["step"] if steps else 0,
+                           diverged=any(isinstance(v, (int, float)) and not math.isfinite(v) for v in losses),
                            final_train_loss=steps[-1]["loss"] if steps else None,
                            final_test_accuracy=evals[-1].get("test_accuracy") if evals else None)
                 best = best_val_checkpoint([e.get("val_loss") for e in evals])

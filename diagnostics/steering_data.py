@@ -2,7 +2,8 @@
 
 A triple is (prompt, response with the concept, response without it). The built-in sets in
 ``data/steering/`` were written for this project (see its README). Uploads are CSV or JSONL with
-the columns ``prompt``, ``positive``, ``negative`` and are read as data only.
+the columns ``prompt``, ``positive``, ``negative`` and are read as data only, through
+``diagnostics.records`` (JSON lines bounded by ``models.limits``: nesting, integer digits, lengths).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from diagnostics.records import read_records
+from diagnostics.records import read_bytes, read_records
 from models.errors import OrthoscopeError
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "steering"
@@ -40,6 +41,13 @@ def builtin_triples(name: str) -> list[dict]:
     if name not in table:
         raise OrthoscopeError(f"no built-in concept {name!r}; the built-in concepts are {', '.join(table)}.")
     return parse_triples((DATA / table[name]["file"]).read_bytes(), table[name]["file"])
+
+
+def load_triples(path: str | Path) -> list[dict]:
+    """Triples from a file: ``stat``-ed first (a FIFO or device is never opened), refused above
+    ``MAX_UPLOAD_BYTES`` before it is read, then parsed by :func:`parse_triples`."""
+    path = Path(path)
+    return parse_triples(read_bytes(path, f"--triples {path.name}", MAX_UPLOAD_BYTES), path.name)
 
 
 def parse_triples(data: bytes, filename: str) -> list[dict]:

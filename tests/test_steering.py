@@ -785,3 +785,19 @@ def test_smollm2_axis_beats_the_random_null_and_random_never_reaches(smollm2):
     assert all(d["reaching"] is None for d in r.directions if d["direction"] == "random")
     control = [d for d in r.directions if d["direction"] == "control"]
     assert all(not d["reaching"] for d in control)  # the ocean axis does not raise dog words
+
+
+def test_triple_files_are_stat_ed_and_bounded_before_they_are_read(tmp_path):
+    import os
+
+    from diagnostics import steering_data as sd
+
+    os.mkfifo(tmp_path / "t.jsonl")
+    with pytest.raises(OrthoscopeError, match="not a regular file"):
+        sd.load_triples(tmp_path / "t.jsonl")
+    big = tmp_path / "big.jsonl"
+    big.write_bytes(b" " * (sd.MAX_UPLOAD_BYTES + 1))
+    with pytest.raises(OrthoscopeError, match="at most"):
+        sd.load_triples(big)
+    with pytest.raises(OrthoscopeError, match="line 1: JSON nested deeper"):
+        sd.parse_triples(b"[" * 100_000 + b"]" * 100_000, "t.jsonl")

@@ -230,3 +230,45 @@ def test_fields_of_the_wrong_type_name_the_line(line, message):
 def test_dumps_writes_nan_as_null_everywhere_and_numpy_values_as_numbers():
     record = {"type": "eval", "values": [1.0, float("nan")], "acc": np.float32(0.5), "inf": float("inf")}
     assert json.loads(tr.dumps(record)) == {"type": "eval", "values": [1.0, None], "acc": 0.5, "inf": None}
+
+
+def test_a_trace_with_only_the_required_fields_gets_train_s_from_its_times():
+    lines = _lines() + [json.dumps({"type": "step", "run_id": "r", "step": 3, "loss": 0.5,
+                                    "time_ms": {"forward": 10.0, "backward": 20.0, "recorder": 99.0}})]
+    steps = [r for r in tr.parse_trace("\n".join(lines) + "\n", "t.jsonl") if r["type"] == "step"]
+    # Step 1 recorded no times; steps 2 and 3 took 30 ms each (the recorder's own time excluded).
+    assert [r["train_s"] for r in steps] == [0.0, pytest.approx(0.06)]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"type": "step", "run_id": "r", "step": true, "loss": 1.0, "time_ms": {}}', "step should be int"),
+    ('{"type": "step", "run_id": "r", "step": 2, "loss": {"a": 1}, "time_ms": {}}', "loss should be a number or null"),
+    ('{"type": "step", "run_id": "r", "step": 2, "loss": 1, "time_ms": {"forward": "x"}}', "time_ms['forward']"),
+    ('{"type": "step", "run_id": {"a": 1}, "step": 2, "loss": 1, "time_ms": {}}', "run_id should be str"),
+    ('{"type": "alpha", "run_id": "r", "step": 0, "matrix": "w", "alpha": "2"}', "alpha should be a number"),
+    ('{"type": "eval", "run_id": "r", "step": 2, "test_accuracy": [1]}', "test_accuracy should be a number"),
+    ('{"type": "step", "run_id": "r", "step": 2, "loss": 1, "time_ms": {}, "n": ' + "9" * 5000 + "}", "5000 digits"),
+    ("[" * 100_000 + "]" * 100_000, "line 3: JSON nested deeper"),
+])
+def test_wrong_types_and_hostile_lines_are_refused_naming_the_line(line, message):
+    with pytest.raises(OrthoscopeError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        tr.parse_trace("\n".join(_lines() + [line]) + "\n", "t.jsonl")
+
+
+def test_header_fields_that_tables_compute_with_are_typed():
+    for run, message in [({"lr": "fast"}, "run.lr should be a number"), ({"splits": {"val": "x"}}, "run.splits.val"),
+                         ({"routes": [5]}, "run.routes[0]")]:
+        with pytest.raises(OrthoscopeError, match=message.replace("[", r"\[")):
+            tr.parse_trace("\n".join(_lines(run=run)) + "\n", "t.jsonl")
+    with pytest.raises(OrthoscopeError, match=r"matrices\[0\]"):
+        tr.parse_trace("\n".join(_lines(matrices=[{"name": "w", "shape": ["2"]}])) + "\n", "t.jsonl")
+    assert tr.record_problems({"type": "step", "run_id": "r", "step": 1, "loss": None, "time_ms": {}}) == []
+    assert tr.record_problems({"type": "step", "run_id": "r"}) == ["a 'step' record lacks step, loss, time_ms"]
+
+
+def test_a_fifo_trace_is_refused_before_it_is_opened(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "t.jsonl")
+    with pytest.raises(OrthoscopeError, match="not a regular file"):
+        tr.read_trace(tmp_path / "t.jsonl")
