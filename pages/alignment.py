@@ -11,7 +11,7 @@ from diagnostics import alignment_data as adata
 from diagnostics import tasks
 from models import BUILTINS, OrthoscopeError
 from models.safety import ALLOWED_ROOTS_ENV, allowed_roots
-from ui import background, cache, model_picker, report_basket, uploads
+from ui import background, cache, guard, model_picker, report_basket, uploads
 from ui.tables import show_table
 
 ui.sidebar()
@@ -68,7 +68,7 @@ def _model_b() -> tuple[adata.Embedder, tasks.ModelRef] | None:
         if not repo:
             return None
         spec, cfg, max_mb, display = f"hf:{repo.removeprefix('hf:')}", None, None, None
-    with st.spinner(f"Loading {display or spec} ..."):
+    with st.spinner(f"Loading {guard.literal(display or spec)} ..."):
         handle = model_picker._cached_load(spec, model_picker._stamp(spec), cfg, max_mb, display)
     return adata.embedder(handle), model_picker.ref_of(spec, cfg, max_mb, display)
 
@@ -76,15 +76,15 @@ def _model_b() -> tuple[adata.Embedder, tasks.ModelRef] | None:
 def _side(model, key: str) -> adata.Side:
     """Pooling and layer for a model without a fixed head."""
     if model.kind in ("e5", "clip-like"):
-        st.caption(f"{model.name}: its own sentence head ({model.kind}).")
+        st.caption(f"{guard.literal(model.name)}: its own sentence head ({guard.literal(model.kind)}).")
         return adata.Side(model)
     c = st.columns(2)
     head = f" (auto: {model.pooling_used('auto')})"
-    pooling = c[0].selectbox(f"Pooling, {model.name}", adata.POOLINGS, key=f"align_pool_{key}",
+    pooling = c[0].selectbox(f"Pooling, {guard.literal(model.name)}", adata.POOLINGS, key=f"align_pool_{key}",
                              format_func=lambda v: v + head if v == "auto" else v)
     layers = model.num_layers()
     layer = c[1].number_input(
-        f"Hidden-state layer, {model.name}", min_value=-1, max_value=layers if layers else 1000, value=-1, step=1,
+        f"Hidden-state layer, {guard.literal(model.name)}", min_value=-1, max_value=layers if layers else 1000, value=-1, step=1,
         key=f"align_layer_{key}", help="-1: the last layer; 0: the embedding layer; k: the output of block k",
     )
     return adata.Side(model, pooling, None if layer == -1 else int(layer))
@@ -208,7 +208,7 @@ def _options() -> dict:
 def _width_note(result) -> str:
     d = result.data
     parts = []
-    for side, name in (("width_a", result.model_a), ("width_b", result.model_b)):
+    for side, name in (("width_a", guard.literal(result.model_a)), ("width_b", guard.literal(result.model_b))):
         w = d[side]
         if w["how"] == "pca":
             parts.append(f"{name} was projected from {w['from']} onto its top {w['to']} principal directions "
@@ -230,7 +230,7 @@ def _interval(row, key: str, fmt: str = ".1%") -> str:
 def _headline(result) -> None:
     h = result.headline()
     row, base, split = h["row"], h["baseline"], h["split"]
-    st.subheader(f"{result.model_a} → {result.model_b}")
+    st.subheader(f"{guard.literal(result.model_a)} → {guard.literal(result.model_b)}", anchor=False)
     m = st.columns(5)
     for col, key, label in ((m[0], "top1_ab", "top-1 A→B"), (m[1], "top1_ba", "top-1 B→A")):
         col.metric(f"{label}, {h['map']}, {split}", f"{row[key]:.1%}", f"{row[key] - base[key]:+.1%} vs no map",
@@ -267,30 +267,29 @@ def _show(result) -> None:
     _headline(result)
     detail = d.get("detail_split", "held-out")
     st.caption(
-        f"{d['n_rows']} paired {d['modality']}. Heatmaps, projection, map geometry and the map-free measures use draw 0 "
+        f"{d['n_rows']} paired {guard.literal(d['modality'])}. Heatmaps, projection, map geometry and the map-free measures use draw 0 "
         f"of the {detail} split: {d['n_pool']} (anchor pool) / {d['n_test']} (held out), seed {result.params['seed']}. "
         f"{_width_note(result)}"
     )
     for w in result.warnings:
-        st.warning(w)
+        st.warning(guard.literal(w))
 
-    st.plotly_chart(charts.before_after(result), key="align_fig_bars")
+    guard.chart(st, charts.before_after(result), key="align_fig_bars")
     if result.budget:
         c = st.columns(3)
         maps = c[0].multiselect("Maps in the budget curve", sorted({r["map"] for r in result.budget}), key="align_budget_maps")
         strategies = c[1].multiselect("Anchor choices", sorted({r["strategy"] for r in result.budget}), key="align_budget_strategies")
         score = c[2].selectbox("Score", ["top1_ab", "top1_ba", "cos"], key="align_budget_score",
                                format_func=lambda s: charts.SCORES[s])
-        st.plotly_chart(charts.anchor_budget(result, maps or None, strategies or None, score), key="align_fig_budget")
-        st.plotly_chart(charts.tradeoff(result), key="align_fig_tradeoff")
-    st.plotly_chart(charts.heatmaps(result), key="align_fig_heatmaps")
-    st.plotly_chart(charts.projection(result), key="align_fig_projection")
+        guard.chart(st, charts.anchor_budget(result, maps or None, strategies or None, score), key="align_fig_budget")
+        guard.chart(st, charts.tradeoff(result), key="align_fig_tradeoff")
+    guard.chart(st, charts.heatmaps(result), key="align_fig_heatmaps")
+    guard.chart(st, charts.projection(result), key="align_fig_projection")
     left, right = st.columns(2)
-    left.plotly_chart(charts.singular_values(result), key="align_fig_sv")
-    right.plotly_chart(charts.similarity(result), key="align_fig_similarity")
-    for fig, key in ((charts.cross_modal(result), "align_fig_cross"), (charts.zero_shot(result), "align_fig_zeroshot")):
-        if fig is not None:
-            st.plotly_chart(fig, key=key)
+    guard.chart(left, charts.singular_values(result), key="align_fig_sv")
+    guard.chart(right, charts.similarity(result), key="align_fig_similarity")
+    guard.chart(st, charts.cross_modal(result), key="align_fig_cross")
+    guard.chart(st, charts.zero_shot(result), key="align_fig_zeroshot")
 
     tables = result.tables()
     st.markdown("**Held-out scores** (per split, every map at every anchor count: the mean over draws with its 95% "
@@ -317,7 +316,7 @@ try:
         if handle is None:
             st.stop()
         a_model = adata.embedder(handle)
-        st.caption(f"Model A (sidebar): {a_model.name} · {a_model.kind}")
+        st.caption(f"Model A (sidebar): {guard.literal(a_model.name)} · {guard.literal(a_model.kind)}")
         picked_b = _model_b()
         if picked_b is None:
             st.stop()
@@ -333,14 +332,14 @@ try:
         given = {"sides": {"a": (model_picker.current_ref(), side_a.pooling, side_a.layer),
                            "b": (b_ref, side_b.pooling, side_b.layer)},
                  "texts": texts, "images": images, "fit_on": fit_on}
-        label = f"the alignment of {a_model.name} with {b_model.name}"
+        label = f"the alignment of {guard.literal(a_model.name)} with {guard.literal(b_model.name)}"
     else:
         arrays, sha = _arrays()
         if arrays is None:
             st.stop()
         what = {"arrays": sha}
         given = {"arrays": arrays}
-        label = f"the alignment of {arrays.name_a} with {arrays.name_b}"
+        label = f"the alignment of {guard.literal(arrays.name_a)} with {guard.literal(arrays.name_b)}"
 
     params = _options()
     signature = json.dumps({"what": what, "params": params}, sort_keys=True, default=str)
@@ -354,9 +353,11 @@ try:
                 else "The settings changed since the last run: press *Fit and measure* again.")
         st.stop()
 except OrthoscopeError as exc:
-    st.error(str(exc))
+    guard.error(exc)
     st.stop()
-result = background.result(cache.result_key("alignment", alignment.content_hash(what), params),
-                           tasks.Task("alignment", params, inputs=given, carried=background.lent("alignment-embeddings|")),
-                           label, slot="alignment")
-_show(result)
+with guard.drawing("the alignment"):
+    result = background.result(cache.result_key("alignment", alignment.content_hash(what), params),
+                               tasks.Task("alignment", params, inputs=given,
+                                          carried=background.lent("alignment-embeddings|")),
+                               label, slot="alignment")
+    _show(result)

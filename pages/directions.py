@@ -8,7 +8,7 @@ from charts import directions as charts
 from charts.common import block_order
 from diagnostics import directions, tasks
 from models import OrthoscopeError
-from ui import background, cache, inputs, model_picker, report_basket
+from ui import background, cache, guard, inputs, model_picker, report_basket
 from ui.tables import show_table
 
 ui.sidebar()
@@ -108,7 +108,7 @@ if handle is not None:
             "prompts": [line for line in prompts.splitlines() if line.strip()],
         }
     except OrthoscopeError as exc:
-        st.error(str(exc))
+        guard.error(exc)
         st.stop()
     # The request is set in the click's callback: callbacks run before the script, so the click
     # survives a rerun that ui.sidebar() may start, which a button's return value would not.
@@ -119,110 +119,112 @@ if handle is not None:
     if request != params:
         st.info("The settings above have changed: press Compute to update the results below.")
 
-    result = background.result(cache.result_key("directions", handle.fingerprint, request),
-                               tasks.Task("directions", request, model_picker.current_ref()),
-                               f"latent directions of {request['matrices'][0]} in {handle.name}", slot="directions")
+    with guard.drawing("the latent directions"):
+        result = background.result(cache.result_key("directions", handle.fingerprint, request),
+                                   tasks.Task("directions", request, model_picker.current_ref()),
+                                   f"latent directions of {guard.literal(request['matrices'][0])} in {guard.literal(handle.name)}", slot="directions")
 
-    m = st.columns(4)
-    m[0].metric("Shape (out x in)", f"{result.shape[0]} x {result.shape[1]}")
-    m[1].metric("Rank", result.rank)
-    m[2].metric("Effective rank", f"{result.effective_rank:.1f}")
-    m[3].metric("Stable rank", f"{result.stable_rank:.1f}")
-    st.caption(
-        "Matrices: " + ", ".join(f"`{x['name']}` ({x['kind']})" for x in result.matrices)
-        + f" · computed in {result.timings['total_s']:.1f} s"
-    )
-
-    st.subheader("SeFa: the closed form (A^T A) and the genforce variant")
-    deg = result.degeneracy
-    worst = min(row["cos_rownorm_raw"] for row in result.directions)
-    h = st.columns(3)
-    overlap = ("Subspace overlap, rownorm vs raw", f"{result.subspace_overlap:.4f}",
-               f"||N_rownorm^T V_k||_F^2 / k over the top {result.k} directions: 1 when both span the same subspace")
-    per_direction = ("Smallest per-direction |cos|, rownorm vs raw", f"{worst:.4f}",
-                     "min over i of |cos| between direction i of the two variants")
-    first, second = (overlap, per_direction) if deg["headline"] == "subspace_overlap" else (per_direction, overlap)
-    h[0].metric(first[0], first[1], help=first[2])
-    h[1].metric(second[0], second[1], help=second[2])
-    h[2].metric("Eigengap threshold sqrt(2/n)", f"{deg['threshold']:.3g}",
-                help=f"n = {deg['samples']} rows of A; relative eigengaps at or below it count as degenerate")
-    if deg["near_degenerate"]:
-        st.warning(directions.headline(result) + ". Per-direction matches compare arbitrary bases of a cluster of "
-                   "equal eigenvalues, so read the subspace overlap.")
-    else:
-        st.caption(directions.headline(result) + ".")
-    left, right = st.columns(2)
-    left.plotly_chart(charts.spectrum(result), key="directions_spectrum")
-    right.plotly_chart(charts.eigengaps(result), key="directions_eigengaps")
-    pair = {"subspace": charts.subspace, "pairs": charts.rownorm_vs_raw}
-    order = ("subspace", "pairs") if deg["headline"] == "subspace_overlap" else ("pairs", "subspace")
-    for column, name in zip(st.columns(2), order):
-        column.plotly_chart(pair[name](result), key=f"directions_{name}")
-    with st.expander("How this is computed"):
-        st.markdown(
-            "- **raw** (the paper's closed form): the directions are the top eigenvectors of A^T A, which are the "
-            "right singular vectors of A; the eigenvalues are the squared singular values (`eig_AtA_raw = sv_raw^2`).\n"
-            "- **rownorm** (the genforce code): every row of A (one output unit's weights; the code's columns, as it "
-            "stores the weight transposed) is scaled to unit length, R = diag(1/||a_r||) A, and the directions are "
-            "the top eigenvectors of R^T R. Its eigenvalues are on another scale; `explained_*` divides each "
-            "variant by its own trace.\n"
-            "- **Eigengap**: `(l_i - l_(i+1)) / l_i`, counting the eigenvalue after the last as 0. Reading the n rows of A as "
-            "n samples, an eigenvalue's sampling error is about l_i sqrt(2/n) (North, Bell, Cahalan & Moeng 1982), "
-            "and neighbours whose gap is within it mix. A direction is *resolved* when both of its gaps exceed "
-            "sqrt(2/n).\n"
-            "- **Headline**: when every top-k direction of both variants is resolved, directions are compared one "
-            "by one (|cos| of direction i in each). Otherwise the headline is the **subspace overlap**: the "
-            "cosines of the principal angles between the two top-k subspaces and their mean square, which does "
-            "not depend on how a cluster of equal eigenvalues happens to be split into vectors. It needs the gap "
-            "after direction k resolved; if it is not, the nearest k that has one is named.\n"
-            f"- Readout, traversal, orthogonality and cross-talk below use the **{result.chosen}** directions "
-            "(the option *Read out the genforce variant* switches them)."
+        m = st.columns(4)
+        m[0].metric("Shape (out x in)", f"{result.shape[0]} x {result.shape[1]}")
+        m[1].metric("Rank", result.rank)
+        m[2].metric("Effective rank", f"{result.effective_rank:.1f}")
+        m[3].metric("Stable rank", f"{result.stable_rank:.1f}")
+        st.caption(
+            "Matrices: " + ", ".join(f"{guard.literal(x['name'])} ({guard.literal(x['kind'])})" for x in result.matrices)
+            + f" · computed in {result.timings['total_s']:.1f} s"
         )
 
-    st.subheader("Householder projector")
-    h, f = result.householder, result.fit
-    hm = st.columns(4)
-    hm[0].metric(f"Rebuild error, rank {result.k}", f"{h['rebuild_error_k']:.1e}",
-                 help="||U_k S_k V_k^T - H(U_k) S_k H(V_k)^T||_F / ||U_k S_k V_k^T||_F, reflections from torch.geqrf")
-    hm[1].metric("Rebuild error, full rank", f"{h['rebuild_error_full']:.1e}",
-                 help=f"A rebuilt from {h['reflectors_full']} Householder reflections, relative Frobenius error")
-    hm[2].metric(f"Closed-form distance, k = {result.k}", f"{f['bound']:.4g}",
-                 help="min over c and rank-k partial isometries P of ||A - c P||_F")
-    hm[3].metric("Fitted projector", f"{f['error']:.4g}", delta=f"{f['relative_gap']:+.1e} relative to the bound", delta_color="off",
-                 help=f"torch's orthogonal parametrisation (householder map), {f['evaluations']} L-BFGS evaluations, seed {f['seed']}")
-    left, right = st.columns(2)
-    left.plotly_chart(charts.projector_error(result), key="directions_projector")
-    right.plotly_chart(charts.fit_progress(result), key="directions_fit")
+        st.subheader("SeFa: the closed form (A^T A) and the genforce variant")
+        deg = result.degeneracy
+        worst = min(row["cos_rownorm_raw"] for row in result.directions)
+        h = st.columns(3)
+        overlap = ("Subspace overlap, rownorm vs raw", f"{result.subspace_overlap:.4f}",
+                   f"||N_rownorm^T V_k||_F^2 / k over the top {result.k} directions: 1 when both span the same subspace")
+        per_direction = ("Smallest per-direction |cos|, rownorm vs raw", f"{worst:.4f}",
+                         "min over i of |cos| between direction i of the two variants")
+        first, second = (overlap, per_direction) if deg["headline"] == "subspace_overlap" else (per_direction, overlap)
+        h[0].metric(first[0], first[1], help=first[2])
+        h[1].metric(second[0], second[1], help=second[2])
+        h[2].metric("Eigengap threshold sqrt(2/n)", f"{deg['threshold']:.3g}",
+                    help=f"n = {deg['samples']} rows of A; relative eigengaps at or below it count as degenerate")
+        if deg["near_degenerate"]:
+            st.warning(directions.headline(result) + ". Per-direction matches compare arbitrary bases of a cluster of "
+                       "equal eigenvalues, so read the subspace overlap.")
+        else:
+            st.caption(directions.headline(result) + ".")
+        left, right = st.columns(2)
+        guard.chart(left, charts.spectrum(result), key="directions_spectrum")
+        guard.chart(right, charts.eigengaps(result), key="directions_eigengaps")
+        pair = {"subspace": charts.subspace, "pairs": charts.rownorm_vs_raw}
+        order = ("subspace", "pairs") if deg["headline"] == "subspace_overlap" else ("pairs", "subspace")
+        for column, name in zip(st.columns(2), order):
+            guard.chart(column, pair[name](result), key=f"directions_{name}")
+        with st.expander("How this is computed"):
+            st.markdown(
+                "- **raw** (the paper's closed form): the directions are the top eigenvectors of A^T A, which are the "
+                "right singular vectors of A; the eigenvalues are the squared singular values (`eig_AtA_raw = sv_raw^2`).\n"
+                "- **rownorm** (the genforce code): every row of A (one output unit's weights; the code's columns, as it "
+                "stores the weight transposed) is scaled to unit length, R = diag(1/||a_r||) A, and the directions are "
+                "the top eigenvectors of R^T R. Its eigenvalues are on another scale; `explained_*` divides each "
+                "variant by its own trace.\n"
+                "- **Eigengap**: `(l_i - l_(i+1)) / l_i`, counting the eigenvalue after the last as 0. Reading the n rows of A as "
+                "n samples, an eigenvalue's sampling error is about l_i sqrt(2/n) (North, Bell, Cahalan & Moeng 1982), "
+                "and neighbours whose gap is within it mix. A direction is *resolved* when both of its gaps exceed "
+                "sqrt(2/n).\n"
+                "- **Headline**: when every top-k direction of both variants is resolved, directions are compared one "
+                "by one (|cos| of direction i in each). Otherwise the headline is the **subspace overlap**: the "
+                "cosines of the principal angles between the two top-k subspaces and their mean square, which does "
+                "not depend on how a cluster of equal eigenvalues happens to be split into vectors. It needs the gap "
+                "after direction k resolved; if it is not, the nearest k that has one is named.\n"
+                f"- Readout, traversal, orthogonality and cross-talk below use the **{result.chosen}** directions "
+                "(the option *Read out the genforce variant* switches them)."
+            )
 
-    st.subheader(f"Orthogonality and cross-talk ({result.chosen} directions)")
-    left, right = st.columns(2)
-    left.plotly_chart(charts.orthogonality(result), key="directions_orthogonality")
-    right.plotly_chart(charts.crosstalk(result), key="directions_crosstalk")
+        st.subheader("Householder projector")
+        h, f = result.householder, result.fit
+        hm = st.columns(4)
+        hm[0].metric(f"Rebuild error, rank {result.k}", f"{h['rebuild_error_k']:.1e}",
+                     help="||U_k S_k V_k^T - H(U_k) S_k H(V_k)^T||_F / ||U_k S_k V_k^T||_F, reflections from torch.geqrf")
+        hm[1].metric("Rebuild error, full rank", f"{h['rebuild_error_full']:.1e}",
+                     help=f"A rebuilt from {h['reflectors_full']} Householder reflections, relative Frobenius error")
+        hm[2].metric(f"Closed-form distance, k = {result.k}", f"{f['bound']:.4g}",
+                     help="min over c and rank-k partial isometries P of ||A - c P||_F")
+        hm[3].metric("Fitted projector", f"{f['error']:.4g}", delta=f"{f['relative_gap']:+.1e} relative to the bound", delta_color="off",
+                     help=f"torch's orthogonal parametrisation (householder map), {f['evaluations']} L-BFGS evaluations, seed {f['seed']}")
+        left, right = st.columns(2)
+        guard.chart(left, charts.projector_error(result), key="directions_projector")
+        guard.chart(right, charts.fit_progress(result), key="directions_fit")
 
-    st.subheader(f"Directions and readout ({result.chosen} directions read out)")
-    frame = result.to_frame()
-    if result.readout["available"]:
-        st.caption(f"{result.readout['method']} of the {result.chosen} directions: {result.readout['vector']}.")
-        hide = ["top_sentences"] if result.kind == "causal-lm" else ["top_tokens", "bottom_tokens"]
-        show_table(frame.drop(columns=hide), "directions", "directions", key="directions_table")
-    else:
-        st.info(f"No readout: {result.readout['reason']}")
-        show_table(frame.drop(columns=["top_tokens", "bottom_tokens", "top_sentences"]), "directions", "directions",
-                   key="directions_table")
+        st.subheader(f"Orthogonality and cross-talk ({guard.literal(result.chosen)} directions)")
+        left, right = st.columns(2)
+        guard.chart(left, charts.orthogonality(result), key="directions_orthogonality")
+        guard.chart(right, charts.crosstalk(result), key="directions_crosstalk")
 
-    st.subheader("Traversal")
-    walk = result.traversal
-    if walk["available"] and walk.get("rows"):
-        st.caption(f"{walk['site'][0].upper()}{walk['site'][1:]} alpha = 1 is {walk['scale']:.4g}, the mean norm of "
-                   "what flows there on the prompts.")
-        st.plotly_chart(charts.traversal(result), key="directions_traversal")
-        shown = st.selectbox("Samples for direction", sorted({r["direction"] for r in walk["rows"]}),
-                             key="directions_sample_direction")
-        show_table(pd.DataFrame([r for r in walk["rows"] if r["direction"] == shown]), "directions",
-                   "directions_traversal", key="directions_samples")
-    elif walk["available"]:
-        st.info("No direction chosen to traverse.")
-    else:
-        st.info(f"No traversal: {walk['reason']}")
+        st.subheader(f"Directions and readout ({guard.literal(result.chosen)} directions read out)")
+        frame = result.to_frame()
+        if result.readout["available"]:
+            st.caption(f"{guard.literal(result.readout['method'])} of the {guard.literal(result.chosen)} directions: "
+                           f"{guard.literal(result.readout['vector'])}.")
+            hide = ["top_sentences"] if result.kind == "causal-lm" else ["top_tokens", "bottom_tokens"]
+            show_table(frame.drop(columns=hide), "directions", "directions", key="directions_table")
+        else:
+            st.info(f"No readout: {guard.literal(result.readout['reason'])}")
+            show_table(frame.drop(columns=["top_tokens", "bottom_tokens", "top_sentences"]), "directions", "directions",
+                       key="directions_table")
 
-    report_basket.add_button(result, key="directions_add")
+        st.subheader("Traversal")
+        walk = result.traversal
+        if walk["available"] and walk.get("rows"):
+            st.caption(f"{walk['site'][0].upper()}{walk['site'][1:]} alpha = 1 is {walk['scale']:.4g}, the mean norm of "
+                       "what flows there on the prompts.")
+            guard.chart(st, charts.traversal(result), key="directions_traversal")
+            shown = st.selectbox("Samples for direction", sorted({r["direction"] for r in walk["rows"]}),
+                                 key="directions_sample_direction")
+            show_table(pd.DataFrame([r for r in walk["rows"] if r["direction"] == shown]), "directions",
+                       "directions_traversal", key="directions_samples")
+        elif walk["available"]:
+            st.info("No direction chosen to traverse.")
+        else:
+            st.info(f"No traversal: {guard.literal(walk['reason'])}")
+
+        report_basket.add_button(result, key="directions_add")

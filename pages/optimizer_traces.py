@@ -8,7 +8,7 @@ import ui
 from charts import optimizer_traces as charts
 from diagnostics import optimizer_traces, optimizers, tasks, trace_recorder
 from models import OrthoscopeError
-from ui import background, cache, inputs, report_basket
+from ui import background, cache, guard, inputs, report_basket
 from ui.tables import show_table
 
 ui.sidebar()
@@ -30,31 +30,31 @@ def _show(result: optimizer_traces.OptimizerTracesResult, key: str) -> None:
     compare = result.compare()
     if not compare.empty:
         st.subheader("Comparison at the rates chosen on validation")
-        st.caption(optimizer_traces.protocol_text(result))
+        st.caption(guard.literal(optimizer_traces.protocol_text(result)))
         show_table(compare, "optimizer_traces", "compare", key=f"{key}_compare")
         edge = compare[compare["lr_at_grid_edge"].astype(bool)]
         if not edge.empty:
             st.warning("Chosen at the edge of the learning-rate grid, so the best rate may lie beyond it: "
-                       + ", ".join(f"{n} (lr={lr:.3g})" for n, lr in zip(edge["name"], edge["lr"]))
+                       + ", ".join(f"{guard.literal(n)} (lr={lr:.3g})" for n, lr in zip(edge["name"], edge["lr"]))
                        + ". Widen the sweep (or set those optimizers' rates) before trusting these rows.")
-        st.plotly_chart(charts.comparison(result), key=f"{key}_comparison")
-        sweep = charts.lr_sweep(result)
-        if sweep is not None:
-            st.plotly_chart(sweep, key=f"{key}_sweep")
+        guard.chart(st, charts.comparison(result), key=f"{key}_comparison")
+        guard.chart(st, charts.lr_sweep(result), key=f"{key}_sweep")
     else:
-        st.caption(optimizer_traces.protocol_text(result))
+        st.caption(guard.literal(optimizer_traces.protocol_text(result)))
     st.subheader("Runs")
     show_table(runs, "optimizer_traces", "runs", key=f"{key}_runs")
     if "diverged" in runs and runs["diverged"].fillna(False).astype(bool).any():
         st.warning("Some runs diverged (the loss became NaN or infinite): "
-                   + ", ".join(runs.loc[runs["diverged"].fillna(False).astype(bool), "run_id"]) + ".")
+                   + ", ".join(guard.literal(r) for r in runs.loc[runs["diverged"].fillna(False).astype(bool), "run_id"])
+                   + ".")
     updates = result.table("update")
     if "momentum_warning" in updates and updates["momentum_warning"].fillna(False).astype(bool).any():
         hits = updates[updates["momentum_warning"].fillna(False).astype(bool)]
         st.warning(f"{len(hits)} update record(s) had a momentum norm below "
                    f"{trace_recorder.MOMENTUM_WARNING_FACTOR:g} x the Newton-Schulz epsilon "
                    f"({optimizers.NS_EPS:g}); there the orthogonalised direction is mostly rounding noise. "
-                   f"First: {hits.iloc[0]['matrix']} at step {hits.iloc[0]['step']} ({hits.iloc[0]['run_id']}).")
+                   f"First: {guard.literal(hits.iloc[0]['matrix'])} at step {guard.literal(hits.iloc[0]['step'])} "
+                   f"({guard.literal(hits.iloc[0]['run_id'])}).")
     c = st.columns(3)
     log_y = c[0].toggle("Log loss axis", value=True, key=f"{key}_loss_log")
     per_seed = c[1].toggle("A line per seed", key=f"{key}_loss_per_seed",
@@ -64,14 +64,14 @@ def _show(result: optimizer_traces.OptimizerTracesResult, key: str) -> None:
                                  "s_t = w s_(t-1) + (1 - w) x_t, divided by 1 - w^t; 0 shows the logged losses")
     curves = dict(log_y=log_y, smoothing=smoothing, per_seed=per_seed)
     left, right = st.columns(2)
-    left.plotly_chart(charts.loss_curves(result, "step", **curves), key=f"{key}_loss_step")
-    right.plotly_chart(charts.loss_curves(result, "train_s", **curves), key=f"{key}_loss_time")
-    st.plotly_chart(charts.held_out(result), key=f"{key}_held_out")
-    st.plotly_chart(charts.update_geometry(result), key=f"{key}_geometry")
-    st.plotly_chart(charts.per_layer(result), key=f"{key}_per_layer")
+    guard.chart(left, charts.loss_curves(result, "step", **curves), key=f"{key}_loss_step")
+    guard.chart(right, charts.loss_curves(result, "train_s", **curves), key=f"{key}_loss_time")
+    guard.chart(st, charts.held_out(result), key=f"{key}_held_out")
+    guard.chart(st, charts.update_geometry(result), key=f"{key}_geometry")
+    guard.chart(st, charts.per_layer(result), key=f"{key}_per_layer")
     left, right = st.columns(2)
-    left.plotly_chart(charts.weight_alpha(result), key=f"{key}_alpha")
-    right.plotly_chart(charts.time_breakdown(result), key=f"{key}_times")
+    guard.chart(left, charts.weight_alpha(result), key=f"{key}_alpha")
+    guard.chart(right, charts.time_breakdown(result), key=f"{key}_times")
     routes = result.routes()
     if not routes.empty:
         st.subheader("Routing: which parameters each optimizer takes")
@@ -82,9 +82,9 @@ def _show(result: optimizer_traces.OptimizerTracesResult, key: str) -> None:
             info = result.notes.get(name)
             if not info:
                 continue
-            st.markdown(f"**{info['label']}**: {info['paper']}")
+            st.markdown(f"**{guard.literal(info['label'])}**: {guard.literal(info['paper'])}")
             for note in info["notes"]:
-                st.markdown(f"- {note}")
+                st.markdown(f"- {guard.literal(note)}")
     c = st.columns([1, 1, 4])
     c[0].download_button("traces.jsonl", data=lambda: "".join(trace_recorder.dumps(r) + "\n" for r in result.records),
                          file_name="traces.jsonl", mime="application/jsonl", key=f"{key}_download",
@@ -109,10 +109,11 @@ if source == "Load a trace":
                               lambda: optimizer_traces.from_trace(trace_recorder.parse_trace_bytes(data, upload.name),
                                                                   upload.name))
     except OrthoscopeError as exc:
-        st.error(str(exc))
+        guard.error(exc)
         st.stop()
-    st.success(f"{len(result.records):,} records, {len(result.headers())} run(s) from {upload.name}.")
-    _show(result, "opt_loaded")
+    with guard.drawing("a loaded trace"):
+        st.success(f"{len(result.records):,} records, {len(result.headers())} run(s) from {guard.literal(upload.name)}.")
+        _show(result, "opt_loaded")
     st.stop()
 
 names = optimizers.optimizer_names()
@@ -160,7 +161,7 @@ try:
         "adamw_lr": adamw_lr, "weight_decay": weight_decay,
     })
 except OrthoscopeError as exc:
-    st.error(str(exc))
+    guard.error(exc)
     st.stop()
 runs = len(optimizer_traces.plan(params))
 st.caption(f"{runs} run(s) of {steps} steps each.")
@@ -181,8 +182,9 @@ request = inputs.last_request(
     "opt_request", params, "Press Run to train. The runs go on in the background; the page stays usable meanwhile.",
     "The settings above have changed: press Run to train with them. The results below are for the last run.")
 
-result = background.result(_key(request), tasks.Task("optimizer_traces", request),
-                           f"optimizer traces on the {request['bench']} benchmark", slot="optimizer_traces")
-st.caption(f"{result.model_name} · {len(optimizer_traces.plan(request))} run(s) trained in "
-           f"{result.timings['total_s']:.1f} s")
-_show(result, "opt")
+with guard.drawing("the optimizer traces"):
+    result = background.result(_key(request), tasks.Task("optimizer_traces", request),
+                               f"optimizer traces on the {request['bench']} benchmark", slot="optimizer_traces")
+    st.caption(f"{guard.literal(result.model_name)} · {len(optimizer_traces.plan(request))} run(s) trained in "
+               f"{result.timings['total_s']:.1f} s")
+    _show(result, "opt")

@@ -6,6 +6,7 @@ import reports
 import ui
 from models import OrthoscopeError
 from reports.registry import TITLES, figures_for
+from ui import guard
 from ui.tables import show_table
 
 ui.sidebar()
@@ -17,14 +18,18 @@ if upload is not None:
     try:
         loaded = reports.from_json(upload.getvalue())
     except OrthoscopeError as exc:
-        st.error(str(exc))
+        guard.error(exc)
     else:
         st.success(f"{len(loaded)} result(s) loaded.")
         for i, result in enumerate(loaded):
-            st.subheader(f"{TITLES.get(result.diagnostic, result.diagnostic)}: {result.model_name}")
-            st.caption(f"fingerprint `{result.fingerprint[:16]}` · params `{result.params}`")
-            for j, fig in enumerate(figures_for(result)):
-                st.plotly_chart(fig, key=f"report_fig_{i}_{j}")
-            for stem, frame in result.tables().items():
-                st.markdown(f"**{stem}**")
-                show_table(frame, result.diagnostic, stem, key=f"report_table_{i}_{stem}")
+            # Every result in its own guard: one that cannot be drawn leaves the others on the page.
+            with guard.drawing(f"result {i + 1} of an opened report"):
+                title = TITLES.get(result.diagnostic, result.diagnostic)
+                st.subheader(f"{guard.literal(title)}: {guard.literal(result.model_name)}", anchor=False)
+                st.caption(f"fingerprint {guard.literal(result.fingerprint[:16])} · "
+                           f"params {guard.literal(result.params)}")
+                for j, fig in enumerate(figures_for(result)):
+                    guard.chart(st, fig, key=f"report_fig_{i}_{j}")
+                for stem, frame in result.tables().items():
+                    st.markdown(f"**{guard.literal(stem)}**")
+                    show_table(frame, result.diagnostic, stem, key=f"report_table_{i}_{stem}")

@@ -7,7 +7,7 @@ from charts import spectra as charts
 from charts.common import block_order
 from diagnostics import spectra, tasks
 from models import OrthoscopeError
-from ui import background, cache, model_picker, report_basket
+from ui import background, cache, guard, model_picker, report_basket
 from ui.tables import show_table
 
 ui.sidebar()
@@ -51,7 +51,7 @@ try:
         small_n_rule=small_n_rule,
     )
 except OrthoscopeError as exc:
-    st.error(str(exc))
+    guard.error(exc)
     st.stop()
 
 with st.expander("How the phase and trust are decided"):
@@ -64,55 +64,57 @@ with st.expander("How the phase and trust are decided"):
 
 handle = model_picker.current_model()
 if handle is not None:
-    result = background.result(cache.result_key("spectra", handle.fingerprint, params.to_dict()),
-                               tasks.Task("spectra", params, model_picker.current_ref()),
-                               f"layer spectra of {handle.name}", slot="spectra")
+    with guard.drawing("the layer spectra"):
+        result = background.result(cache.result_key("spectra", handle.fingerprint, params.to_dict()),
+                                   tasks.Task("spectra", params, model_picker.current_ref()),
+                                   f"layer spectra of {guard.literal(handle.name)}", slot="spectra")
 
-    frame = result.to_frame()
-    if frame.empty:
-        st.warning("No weight matrix of this model could be analysed; see the skipped list below.")
-    else:
-        s = result.summary
-        trusted = f"{s['num_pl_trusted']} of {s['num_layers']}"
-        mean_alpha = s["mean"].get("alpha")
-        m = st.columns(4)
-        m[0].metric("Trusted power laws", trusted)
-        ci = s.get("alpha_mean_ci")
-        m[1].metric("Mean alpha (trusted)", "none trusted" if mean_alpha is None else f"{mean_alpha:.3f}",
-                    help=None if ci is None else f"95% t-interval of the mean over the trusted layers: "
-                                                 f"[{ci[0]:.3f}, {ci[1]:.3f}]")
-        m[2].metric("Over-trained (alpha < 2, trusted)", s["num_over_trained"])
-        m[3].metric("Under-trained (alpha > 6, trusted)", s["num_under_trained"])
-        all_alpha = s["mean_all"].get("alpha")
-        st.caption(
-            "Phases: " + ", ".join(f"{n} {p}" for p, n in s["phases"].items())
-            + ("" if ci is None else f". Mean alpha of trusted fits {mean_alpha:.3f}, 95% interval over layers "
-               f"[{ci[0]:.3f}, {ci[1]:.3f}]")
-            + f". Trust rule: {s['trust_rule']}. Mean alpha over every row, trusted or not: "
-            + ("none" if all_alpha is None else f"{all_alpha:.3f}") + "."
-        )
+        frame = result.to_frame()
+        if frame.empty:
+            st.warning("No weight matrix of this model could be analysed; see the skipped list below.")
+        else:
+            s = result.summary
+            trusted = f"{s['num_pl_trusted']} of {s['num_layers']}"
+            mean_alpha = s["mean"].get("alpha")
+            m = st.columns(4)
+            m[0].metric("Trusted power laws", trusted)
+            ci = s.get("alpha_mean_ci")
+            m[1].metric("Mean alpha (trusted)", "none trusted" if mean_alpha is None else f"{mean_alpha:.3f}",
+                        help=None if ci is None else f"95% t-interval of the mean over the trusted layers: "
+                                                     f"[{ci[0]:.3f}, {ci[1]:.3f}]")
+            m[2].metric("Over-trained (alpha < 2, trusted)", s["num_over_trained"])
+            m[3].metric("Under-trained (alpha > 6, trusted)", s["num_under_trained"])
+            all_alpha = s["mean_all"].get("alpha")
+            st.caption(
+                "Phases: " + ", ".join(f"{n} {p}" for p, n in s["phases"].items())
+                + ("" if ci is None else f". Mean alpha of trusted fits {mean_alpha:.3f}, 95% interval over layers "
+                   f"[{ci[0]:.3f}, {ci[1]:.3f}]")
+                + f". Trust rule: {s['trust_rule']}. Mean alpha over every row, trusted or not: "
+                + ("none" if all_alpha is None else f"{all_alpha:.3f}") + "."
+            )
 
-        f = st.columns(2)
-        blocks = f[0].multiselect("Blocks", block_order(frame["block"].unique()), key="spectra_blocks")
-        kinds = f[1].multiselect("Kinds", sorted(frame["kind"].unique()), key="spectra_kinds")
-        mask = frame["block"].isin(blocks or frame["block"]) & frame["kind"].isin(kinds or frame["kind"])
-        shown = frame[mask]
-        names = list(shown["name"])
+            f = st.columns(2)
+            blocks = f[0].multiselect("Blocks", block_order(frame["block"].unique()), key="spectra_blocks")
+            kinds = f[1].multiselect("Kinds", sorted(frame["kind"].unique()), key="spectra_kinds")
+            mask = frame["block"].isin(blocks or frame["block"]) & frame["kind"].isin(kinds or frame["kind"])
+            shown = frame[mask]
+            names = list(shown["name"])
 
-        st.plotly_chart(charts.alpha_per_layer(result, names), key="spectra_alpha")
-        left, right = st.columns(2)
-        left.plotly_chart(charts.alpha_vs_spectral_norm(result, names), key="spectra_alpha_norm")
-        right.plotly_chart(charts.mean_alpha_per_block(result), key="spectra_blocks_chart")
+            guard.chart(st, charts.alpha_per_layer(result, names), key="spectra_alpha")
+            left, right = st.columns(2)
+            guard.chart(left, charts.alpha_vs_spectral_norm(result, names), key="spectra_alpha_norm")
+            guard.chart(right, charts.mean_alpha_per_block(result), key="spectra_blocks_chart")
 
-        chosen = st.selectbox("Layer", names, key="spectra_layer") if names else None
-        if chosen:
-            row = shown.set_index("name").loc[chosen]
-            if not row["pl_trust"]:
-                st.warning(f"{chosen}: {row['pl_verdict']}. Do not read its alpha as a training signal.")
-            st.plotly_chart(charts.layer_esd(result, chosen), key="spectra_esd")
+            chosen = st.selectbox("Layer", names, key="spectra_layer") if names else None
+            if chosen:
+                row = shown.set_index("name").loc[chosen]
+                if not row["pl_trust"]:
+                    st.warning(f"{guard.literal(chosen)}: {guard.literal(row['pl_verdict'])}. Do not read its alpha as a "
+                               "training signal.")
+                guard.chart(st, charts.layer_esd(result, chosen), key="spectra_esd")
 
-        show_table(shown, "spectra", "layers", key="spectra_table")
-    if result.skipped:
-        with st.expander(f"{len(result.skipped)} tensors not analysed, with the reason"):
-            show_table(result.tables()["skipped"], "spectra", "skipped")
-    report_basket.add_button(result, key="spectra_add")
+            show_table(shown, "spectra", "layers", key="spectra_table")
+        if result.skipped:
+            with st.expander(f"{len(result.skipped)} tensors not analysed, with the reason"):
+                show_table(result.tables()["skipped"], "spectra", "skipped")
+        report_basket.add_button(result, key="spectra_add")

@@ -8,7 +8,7 @@ import ui
 from charts import steering as charts
 from diagnostics import steering, steering_data, tasks
 from models import OrthoscopeError
-from ui import background, cache, inputs, model_picker, report_basket
+from ui import background, cache, guard, inputs, model_picker, report_basket
 from ui.tables import show_table
 
 ui.sidebar()
@@ -87,7 +87,7 @@ if handle is None:
 if handle.kind != "causal-lm":
     kind = "a text encoder" if handle.kind == "encoder" else f"a {handle.kind} model"
     st.error(
-        f"{handle.name} is {kind}, not a causal language model. Cylindrical steering reads the hidden states of a "
+        f"{guard.literal(handle.name)} is {kind}, not a causal language model. Cylindrical steering reads the hidden states of a "
         "model that writes text and scores what it writes, so it needs a causal language model: pick one in the "
         "sidebar, e.g. Source 'Built-in' → 'SmolLM2-135M-Instruct' (builtin:smollm2), or a local or uploaded causal LM."
     )
@@ -96,10 +96,10 @@ if handle.kind != "causal-lm":
     st.stop()
 
 try:
-    with st.spinner(f"Building {handle.name} as a torch module (the first time takes a while: SmolLM2 about 30 s) ..."):
+    with st.spinner(f"Building {guard.literal(handle.name)} as a torch module (the first time takes a while: SmolLM2 about 30 s) ..."):
         n_layers = len(steering.decoder_blocks(steering.check_causal_lm(handle)))
 except OrthoscopeError as exc:
-    st.error(str(exc))
+    guard.error(exc)
     st.stop()
 
 if st.session_state.get("steer_model") != handle.fingerprint:
@@ -151,7 +151,7 @@ try:
             raise OrthoscopeError(f"Give the concept words for {concept!r}, comma-separated (e.g. 'dog, dogs'): uploaded "
                                   "triples carry no word list, and without one nothing can tell whether the steered "
                                   "text names the concept.")
-        st.caption(f"{len(triples)} triples from {upload.name} (sha256 {digest}).")
+        st.caption(f"{len(triples)} triples from {guard.literal(upload.name)} (sha256 {digest}).")
 
     cols = st.columns([1, 1, 1])
     layer = int(cols[0].number_input(f"Block (0 to {n_layers - 1})", min_value=0, max_value=n_layers - 1, step=1,
@@ -215,7 +215,7 @@ try:
         "sweep": sweep, "triples_sha256": digest,  # None for a built-in set
     }, n_layers)
 except OrthoscopeError as exc:
-    st.error(str(exc))
+    guard.error(exc)
     st.stop()
 
 st.button("Compute", type="primary", key="steer_compute", icon=":material/play_arrow:",
@@ -225,122 +225,124 @@ request = inputs.last_request(
     "Press Compute to read the activations, fit the cylinder and steer the held-out prompts.",
     "The settings above have changed: press Compute to update the results below.")
 
-result = background.result(
-    cache.result_key("steering", handle.fingerprint, request),
-    tasks.Task("steering", request, model_picker.current_ref(),
-               inputs={"triples": st.session_state.get("steer_request_triples")},
-               carried=background.lent(f"steering-activations|{handle.fingerprint}|")),
-    f"cylindrical steering of {handle.name}", slot="steering",
-)
-
-head = charts.summary(result)
-unit_name = head["unit"]
-limit = head["ppl_limit"]
-(st.success if head["concept_in_text"] else st.warning)(head["verdict"])
-axis, cell = head["best_axis"], head["best_self"]
-_evidence(axis, f"Axis at s = {axis['s']:g} {unit_name}" if axis else "Axis", "directions protocol", head)
-_evidence(cell, f"Self-steering at s = {cell['s']:g}, p = {cell['p']:g}" if cell else "Self-steering", "CRH protocol",
-          head)
-m = st.columns(4)
-split_half, held_cos, fit_cos = head["split_half_cos"], head["mean_cos_heldout"], head["mean_cos_fit_loo"]
-m[0].metric("Split-half axis agreement (cos)", f"{split_half['value']:.3f}",
-            delta=f"95% interval {split_half['lo']:.3f} to {split_half['hi']:.3f}", delta_color="off", delta_arrow="off",
-            help=f"cosine between the axes of two random halves of the {result.n_fit} fit triples, median over "
-                 f"{result.uncertainty.get('boot')} cuts")
-m[1].metric("Held-out mean cos(theta)", f"{held_cos['value']:.3f}",
-            delta=f"95% CI {held_cos['lo']:.3f} to {held_cos['hi']:.3f}", delta_color="off", delta_arrow="off",
-            help=f"the {result.n_heldout} held-out triples against the fit axis; fit triples, leave-one-out: "
-                 f"{fit_cos['value']:.3f} ({fit_cos['lo']:.3f} to {fit_cos['hi']:.3f})")
-m[2].metric("Held-out accuracy, probe / axis",
-            f"{result.baselines['probe_heldout_accuracy']:.0%} / {result.baselines['axis_heldout_accuracy']:.0%}",
-            help="logistic probe on the activations; the axis thresholded halfway between the fit classes")
-m[3].metric("Time", f"{head['total_s']:.1f} s", delta=f"{head['passes_per_s']:.1f} forward passes / s",
-            delta_color="off", delta_arrow="off",
-            help=f"{head['passes']} forward passes"
-                 + ("; the activations were cached from an earlier run" if result.work.get("activations_cached") else ""))
-params = result.params
-st.caption(
-    f"{result.model_name} · concept '{result.concept['name']}' ({params['source']}; words "
-    + ", ".join(result.concept["words"]) + f") · {result.n_fit} fit + {result.n_heldout} held-out triples, "
-    f"{result.n_steered} held-out prompts steered · block {result.layer} of {result.n_layers} ({params['hook']}) · "
-    f"{params['position']} token · {params['template']} prompts · unit {unit_name} = {result.unit_value:.4g} · "
-    f"control concept '{result.concept['control']['name']}'"
-)
-for note in result.notes:
-    st.info(note)
-
-with st.expander("How this is computed"):
-    st.markdown(
-        "- **Geometry** (fit triples): d_i is the difference of the activations with and without the concept; the "
-        "axis a is their mean, cos(theta_i) each d_i's alignment with it, and the normal plane the top two principal "
-        "directions of the parts of the d_i orthogonal to a. Held-out triples are placed on the fit cylinder.\n"
-        "- **Self-steering** (the CRH reference's penalty experiment): each held-out sample i is steered on its own "
-        "prompt with its own vector v_i(s, p) = s u (cos(theta_i) a_hat + (1 - p) sin(theta_i) o_hat_i), where u is "
-        "the strength unit (|a| or the mean |d|); p = 0 keeps the sample's own direction, p = 1 only its axis part.\n"
-        "- **Directions**: one direction (the axis, the first principal component of the d_i, the logistic probe, an "
-        "unrelated control concept's axis) at norm s x u on every held-out prompt.\n"
-        "- **The null**: random directions of exactly the same norm as each steered vector. A setting is *reaching* "
-        "when its mean gain is above the null's 95th percentile; a sample's steerability is 1 / the smallest s at "
-        "which its own gain is.\n"
-        "- **Scores**: the *concept gain* is the change of the log expected number of concept words starting in a "
-        "teacher-forced window of the held-out response without the concept (every word in four forms; words the "
-        "tokenizer splits are scored as whole token sequences). The *concept rate* is the share of continuations "
-        "that name a concept word (word-boundary match). *ppl_ratio* is the perplexity of neutral sentences with the "
-        "vector added, over the unsteered model's; *repetition* the share of repeated word 3-grams in a continuation. "
-        f"\n- **Verdict**: only settings with ppl_ratio <= {limit:g} count. The concept is in the text when one of "
-        "them names it more often than the random directions and the unsteered model together (one-sided Fisher "
-        "test, Bonferroni over those settings); the metrics above show the setting of each protocol with the largest "
-        "gain over its null."
+with guard.drawing("the steering results"):
+    result = background.result(
+        cache.result_key("steering", handle.fingerprint, request),
+        tasks.Task("steering", request, model_picker.current_ref(),
+                   inputs={"triples": st.session_state.get("steer_request_triples")},
+                   carried=background.lent(f"steering-activations|{handle.fingerprint}|")),
+        f"cylindrical steering of {guard.literal(handle.name)}", slot="steering",
     )
-    differ = [PROTOCOL[o][0].lower() for o in REF if params[o] != REF[o]]
-    show_table(pd.DataFrame([{"option": PROTOCOL[o][0], "this run": params[o], "reference": REF[o],
-                              "": "same" if params[o] == REF[o] else "differs"} for o in REF]), "steering",
-               key="steer_protocol_table")
-    st.caption("This run differs from the reference in: " + ", ".join(differ) + "." if differ
-               else "This run follows the reference in all four options.")
 
-st.subheader("Steering on the held-out prompts")
-unit_caption = f"s in multiples of the unit ({unit_name} = {result.unit_value:.4g})"
-CHARTS = (
-    ("steer_self_gain_chart", charts.self_steering_gains,
-     f"CRH protocol: each held-out sample with its own vector, against random directions of the same norms; "
-     f"{unit_caption}."),
-    ("steer_direction_gain_chart", charts.direction_gains,
-     "Directions protocol: each direction at norm s x unit on every held-out prompt, against random directions."),
-    ("steer_rate_chart", charts.concept_rates,
-     "Generation rate under both protocols, with Wilson intervals, beside random directions and the unsteered model."),
-    ("steer_coherence_chart", charts.coherence,
-     f"Coherence guard under both protocols: neutral-text perplexity ratio; the headline stays under {limit:g}x."),
-    ("steer_hist_chart", charts.histograms, "Geometry: the axis fitted on the fit triples, held-out triples beside them."),
-    ("steer_plane_chart", charts.normal_plane,
-     "CRH protocol: held-out samples on the fit plane, coloured by steerability; hollow where none beats the null."),
-    ("steer_sectors_chart", charts.sector_polar,
-     f"CRH protocol by sector of the fit plane: only {result.n_steered} held-out samples, so each sector holds few."),
-    ("steer_baselines_chart", charts.baseline_cosines,
-     "Directions fitted on the fit triples; accuracies on the held-out triples."),
-)
-for start in range(0, len(CHARTS), 2):
-    for column, (key, build, caption) in zip(st.columns(2), CHARTS[start:start + 2]):
-        column.plotly_chart(build(result), key=key)
-        column.caption(caption)
-sweep_fig = charts.layer_sweep(result)
-if sweep_fig is not None:
-    st.plotly_chart(sweep_fig, key="steer_sweep_chart")
-    st.caption("Geometry only, on the fit triples at every block; no steering.")
+    head = charts.summary(result)
+    unit_name = head["unit"]
+    limit = head["ppl_limit"]
+    (st.success if head["concept_in_text"] else st.warning)(guard.literal(head["verdict"]))
+    axis, cell = head["best_axis"], head["best_self"]
+    _evidence(axis, f"Axis at s = {axis['s']:g} {unit_name}" if axis else "Axis", "directions protocol", head)
+    _evidence(cell, f"Self-steering at s = {cell['s']:g}, p = {cell['p']:g}" if cell else "Self-steering", "CRH protocol",
+              head)
+    m = st.columns(4)
+    split_half, held_cos, fit_cos = head["split_half_cos"], head["mean_cos_heldout"], head["mean_cos_fit_loo"]
+    m[0].metric("Split-half axis agreement (cos)", f"{split_half['value']:.3f}",
+                delta=f"95% interval {split_half['lo']:.3f} to {split_half['hi']:.3f}", delta_color="off", delta_arrow="off",
+                help=f"cosine between the axes of two random halves of the {result.n_fit} fit triples, median over "
+                     f"{result.uncertainty.get('boot')} cuts")
+    m[1].metric("Held-out mean cos(theta)", f"{held_cos['value']:.3f}",
+                delta=f"95% CI {held_cos['lo']:.3f} to {held_cos['hi']:.3f}", delta_color="off", delta_arrow="off",
+                help=f"the {result.n_heldout} held-out triples against the fit axis; fit triples, leave-one-out: "
+                     f"{fit_cos['value']:.3f} ({fit_cos['lo']:.3f} to {fit_cos['hi']:.3f})")
+    m[2].metric("Held-out accuracy, probe / axis",
+                f"{result.baselines['probe_heldout_accuracy']:.0%} / {result.baselines['axis_heldout_accuracy']:.0%}",
+                help="logistic probe on the activations; the axis thresholded halfway between the fit classes")
+    m[3].metric("Time", f"{head['total_s']:.1f} s", delta=f"{head['passes_per_s']:.1f} forward passes / s",
+                delta_color="off", delta_arrow="off",
+                help=f"{head['passes']} forward passes"
+                     + ("; the activations were cached from an earlier run" if result.work.get("activations_cached") else ""))
+    params = result.params
+    st.caption(
+        f"{guard.literal(result.model_name)} · concept '{guard.literal(result.concept['name'])}' "
+        f"({guard.literal(params['source'])}; words " + ", ".join(guard.literal(w) for w in result.concept["words"])
+        + f") · {result.n_fit} fit + {result.n_heldout} held-out triples, "
+        f"{result.n_steered} held-out prompts steered · block {result.layer} of {result.n_layers} ({params['hook']}) · "
+        f"{params['position']} token · {params['template']} prompts · unit {unit_name} = {result.unit_value:.4g} · "
+        f"control concept '{guard.literal(result.concept['control']['name'])}'"
+    )
+    for note in result.notes:
+        st.info(guard.literal(note))
 
-st.subheader("Tables")
-frames = result.tables()
-st.markdown("**Self-steering grid** (CRH protocol; one row per (s, p), means over the held-out prompts)")
-show_table(frames["grid"], "steering", "grid", key="steer_grid")
-st.markdown("**Directions** (directions protocol; the `random` row is the null)")
-show_table(frames["directions"], "steering", "directions", key="steer_directions")
-st.markdown(f"**Held-out samples** (CRH protocol at p = {head['self_penalty']:g}; "
-            f"{head['self_reaching']} of {head['n_steered']} beat the null at some strength)")
-show_table(frames["self_steering"], "steering", "self_steering", key="steer_self")
-st.markdown("**Example generations** (the headline's self-steering cell; unsteered, steered and along a random "
-            "direction of the same norm)")
-show_table(pd.DataFrame(result.examples, columns=["prompt", "s", "p", "unsteered", "steered", "random"]), "steering",
-           "examples", key="steer_examples")
-with st.expander(f"All steered continuations ({len(result.steered)})"):
-    show_table(frames["steered"], "steering", "steered", key="steer_steered")
-report_basket.add_button(result, key="steer_add")
+    with st.expander("How this is computed"):
+        st.markdown(
+            "- **Geometry** (fit triples): d_i is the difference of the activations with and without the concept; the "
+            "axis a is their mean, cos(theta_i) each d_i's alignment with it, and the normal plane the top two principal "
+            "directions of the parts of the d_i orthogonal to a. Held-out triples are placed on the fit cylinder.\n"
+            "- **Self-steering** (the CRH reference's penalty experiment): each held-out sample i is steered on its own "
+            "prompt with its own vector v_i(s, p) = s u (cos(theta_i) a_hat + (1 - p) sin(theta_i) o_hat_i), where u is "
+            "the strength unit (|a| or the mean |d|); p = 0 keeps the sample's own direction, p = 1 only its axis part.\n"
+            "- **Directions**: one direction (the axis, the first principal component of the d_i, the logistic probe, an "
+            "unrelated control concept's axis) at norm s x u on every held-out prompt.\n"
+            "- **The null**: random directions of exactly the same norm as each steered vector. A setting is *reaching* "
+            "when its mean gain is above the null's 95th percentile; a sample's steerability is 1 / the smallest s at "
+            "which its own gain is.\n"
+            "- **Scores**: the *concept gain* is the change of the log expected number of concept words starting in a "
+            "teacher-forced window of the held-out response without the concept (every word in four forms; words the "
+            "tokenizer splits are scored as whole token sequences). The *concept rate* is the share of continuations "
+            "that name a concept word (word-boundary match). *ppl_ratio* is the perplexity of neutral sentences with the "
+            "vector added, over the unsteered model's; *repetition* the share of repeated word 3-grams in a continuation. "
+            f"\n- **Verdict**: only settings with ppl_ratio <= {limit:g} count. The concept is in the text when one of "
+            "them names it more often than the random directions and the unsteered model together (one-sided Fisher "
+            "test, Bonferroni over those settings); the metrics above show the setting of each protocol with the largest "
+            "gain over its null."
+        )
+        differ = [PROTOCOL[o][0].lower() for o in REF if params[o] != REF[o]]
+        show_table(pd.DataFrame([{"option": PROTOCOL[o][0], "this run": params[o], "reference": REF[o],
+                                  "": "same" if params[o] == REF[o] else "differs"} for o in REF]), "steering",
+                   key="steer_protocol_table")
+        st.caption("This run differs from the reference in: " + ", ".join(differ) + "." if differ
+                   else "This run follows the reference in all four options.")
+
+    st.subheader("Steering on the held-out prompts")
+    unit_caption = f"s in multiples of the unit ({unit_name} = {result.unit_value:.4g})"
+    CHARTS = (
+        ("steer_self_gain_chart", charts.self_steering_gains,
+         f"CRH protocol: each held-out sample with its own vector, against random directions of the same norms; "
+         f"{unit_caption}."),
+        ("steer_direction_gain_chart", charts.direction_gains,
+         "Directions protocol: each direction at norm s x unit on every held-out prompt, against random directions."),
+        ("steer_rate_chart", charts.concept_rates,
+         "Generation rate under both protocols, with Wilson intervals, beside random directions and the unsteered model."),
+        ("steer_coherence_chart", charts.coherence,
+         f"Coherence guard under both protocols: neutral-text perplexity ratio; the headline stays under {limit:g}x."),
+        ("steer_hist_chart", charts.histograms, "Geometry: the axis fitted on the fit triples, held-out triples beside them."),
+        ("steer_plane_chart", charts.normal_plane,
+         "CRH protocol: held-out samples on the fit plane, coloured by steerability; hollow where none beats the null."),
+        ("steer_sectors_chart", charts.sector_polar,
+         f"CRH protocol by sector of the fit plane: only {result.n_steered} held-out samples, so each sector holds few."),
+        ("steer_baselines_chart", charts.baseline_cosines,
+         "Directions fitted on the fit triples; accuracies on the held-out triples."),
+    )
+    for start in range(0, len(CHARTS), 2):
+        for column, (key, build, caption) in zip(st.columns(2), CHARTS[start:start + 2]):
+            guard.chart(column, build(result), key=key)
+            column.caption(caption)
+    sweep_fig = charts.layer_sweep(result)
+    if sweep_fig is not None:
+        guard.chart(st, sweep_fig, key="steer_sweep_chart")
+        st.caption("Geometry only, on the fit triples at every block; no steering.")
+
+    st.subheader("Tables")
+    frames = result.tables()
+    st.markdown("**Self-steering grid** (CRH protocol; one row per (s, p), means over the held-out prompts)")
+    show_table(frames["grid"], "steering", "grid", key="steer_grid")
+    st.markdown("**Directions** (directions protocol; the `random` row is the null)")
+    show_table(frames["directions"], "steering", "directions", key="steer_directions")
+    st.markdown(f"**Held-out samples** (CRH protocol at p = {head['self_penalty']:g}; "
+                f"{head['self_reaching']} of {head['n_steered']} beat the null at some strength)")
+    show_table(frames["self_steering"], "steering", "self_steering", key="steer_self")
+    st.markdown("**Example generations** (the headline's self-steering cell; unsteered, steered and along a random "
+                "direction of the same norm)")
+    show_table(pd.DataFrame(result.examples, columns=["prompt", "s", "p", "unsteered", "steered", "random"]), "steering",
+               "examples", key="steer_examples")
+    with st.expander(f"All steered continuations ({len(result.steered)})"):
+        show_table(frames["steered"], "steering", "steered", key="steer_steered")
+    report_basket.add_button(result, key="steer_add")

@@ -27,7 +27,7 @@ from typing import Any
 import streamlit as st
 
 from diagnostics import tasks
-from ui import cache
+from ui import cache, guard
 
 MAX_JOBS = 16
 WORKERS_ENV = "ORTHOSCOPE_JOB_WORKERS"
@@ -217,7 +217,7 @@ def _watch(key: str) -> None:
     job = get(key)
     if job is None or job.done:
         st.rerun()
-    st.progress(job.fraction, text=f"Computing {job.label}: {job.message} · {job.fraction:.0%} · "
+    st.progress(job.fraction, text=f"Computing {job.label}: {guard.literal(job.message)} · {job.fraction:.0%} · "
                                    f"{time.time() - job.started:.0f} s")
     st.button("Cancel", key=_widget_key("cancel", key), on_click=cancel, args=(key,), icon=":material/stop:")
 
@@ -239,7 +239,7 @@ def result(key: str, task: tasks.Task, label: str, slot: str) -> Any:
         _watch(key)
         st.stop()
     if job.error:
-        (st.warning if job.cancelled else st.error)(f"{job.label}: {job.error}")
+        (st.warning if job.cancelled else st.error)(f"{job.label}: {guard.literal(job.error)}")
         st.button("Run again", key=_widget_key("again", key), on_click=forget, args=(key,),
                   icon=":material/refresh:")
         st.stop()

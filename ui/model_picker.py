@@ -10,7 +10,7 @@ import streamlit as st
 from diagnostics.tasks import ModelRef
 from models import BUILTINS, DEFAULT_BUILTIN, ModelHandle, OrthoscopeError
 from models.safety import ALLOWED_ROOTS_ENV, allowed_roots
-from ui import uploads
+from ui import guard, uploads
 
 SOURCES = ("Built-in", "Upload", "Local path", "Hugging Face")
 
@@ -23,17 +23,18 @@ def _cached_load(spec: str, stamp: str, config_path: str | None, max_mb: float |
 
 
 def ref_of(spec: str, config_path: str | None, max_mb: float | None, display: str | None) -> ModelRef:
-    """How a worker process opens this model: local paths a user typed must lie under the allowed roots."""
-    checked = spec and not spec.startswith(("builtin:", "hf:")) and not _is_upload(spec)
-    roots = tuple(str(r) for r in allowed_roots()) if checked else None
+    """How a worker process opens this model. Every local path is checked against roots when opened
+    (resolved, links included): an upload against this server's private upload directory, a path a
+    user typed against the allowed roots."""
+    if not spec or spec.startswith(("builtin:", "hf:")):
+        return ModelRef(spec, config_path, max_mb, display, None)
+    roots = (str(uploads.current_root()),) if _is_upload(spec) else tuple(str(r) for r in allowed_roots())
     return ModelRef(spec, config_path, max_mb, display, roots)
 
 
 def _is_upload(spec: str) -> bool:
-    try:
-        return uploads.UPLOAD_ROOT.resolve() in Path(spec).resolve().parents
-    except OSError:
-        return False
+    """The resolved path lies inside this server's own upload directory (not merely under a path of that name)."""
+    return uploads.is_upload(spec)
 
 
 def _stamp(spec: str) -> str:
@@ -57,7 +58,7 @@ def _upload_spec() -> tuple[str, str | None, str | None] | None:
         return picked
     last = st.session_state.get("last_upload")
     if last is not None and Path(last[0]).exists():
-        st.sidebar.caption(f"Using the earlier upload {last[2]}; upload another file to replace it.")
+        st.sidebar.caption(f"Using the earlier upload {guard.literal(last[2])}; upload another file to replace it.")
         return last
     return None
 
@@ -144,11 +145,11 @@ def current_model() -> ModelHandle | None:
             st.info("Pick a model in the sidebar.")
             return None
         spec, cfg, max_mb, display = picked
-        with st.status(f"Loading {display or spec} ...", expanded=False) as status:
+        with st.status(f"Loading {guard.literal(display or spec)} ...", expanded=False) as status:
             handle = _cached_load(spec, _stamp(spec), cfg, max_mb, display)
-            status.update(label=f"Loaded {handle.name}", state="complete")
+            status.update(label=f"Loaded {guard.literal(handle.name)}", state="complete")
     except OrthoscopeError as exc:
-        st.error(str(exc))
+        guard.error(exc)
         return None
-    st.sidebar.caption(f"{handle.name} · {handle.kind} · {handle.num_params:,} parameters · `{handle.fingerprint[:12]}`")
+    st.sidebar.caption(f"{guard.literal(handle.name)} · {handle.kind} · {handle.num_params:,} parameters · `{handle.fingerprint[:12]}`")
     return handle

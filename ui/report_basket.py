@@ -7,6 +7,7 @@ import streamlit as st
 from diagnostics.result import Result
 import reports
 from reports.registry import TITLES
+from ui.guard import literal
 
 _KEY = "report_results"
 
@@ -31,7 +32,7 @@ def sidebar() -> None:
         return
     for i, r in enumerate(items):
         cols = st.sidebar.columns([5, 1])
-        cols[0].caption(f"{i + 1}. {TITLES[r.diagnostic]}: {r.model_name}")
+        cols[0].caption(f"{i + 1}. {TITLES[r.diagnostic]}: {literal(r.model_name)}")
         cols[1].button("", icon=":material/close:", key=f"report_remove_{i}", help="remove from the report", on_click=items.pop, args=(i,))
     st.sidebar.download_button("report.html", data=lambda: reports.to_html(items), file_name="report.html",
                                mime="text/html", key="dl_html", icon=":material/download:")

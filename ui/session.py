@@ -51,6 +51,7 @@ from typing import Any
 import streamlit as st
 
 from models import BUILTINS
+from ui import guard
 
 PICKER_KEYS = ("model_source", "builtin_key", "local_path", "hf_id", "upload_mode")
 # The pages' option keys start with their page's prefix; the page is known by its script's name.
@@ -424,7 +425,7 @@ def sync_url_options() -> None:
                 params[key] = value
         ignored = st.session_state.pop(IGNORED_KEY, None)
         if ignored:
-            names = ", ".join(f"`{k}`" for k in ignored[:8]) + (" ..." if len(ignored) > 8 else "")
+            names = ", ".join(guard.literal(k) for k in ignored[:8]) + (" ..." if len(ignored) > 8 else "")
             st.toast(f"Settings in the link that do not fit this page were ignored: {names}",
                      icon=":material/link_off:")
     except (AttributeError, ImportError, KeyError, TypeError, ValueError):
