@@ -11,6 +11,8 @@ import plotly.graph_objects as go
 # line (smaller type). Each module's FULL_WIDTH names its builders drawn at full width.
 TITLE_MAX, TITLE_MAX_FULL = 60, 100
 SUBTITLE_WRAP, SUBTITLE_WRAP_FULL = 80, 150
+# Pixels between the top of the figure and its title's line (a 16-pixel title's line reaches 5 px above its capitals).
+TITLE_PAD_PX = 6
 
 
 # Towers of a model with several ("text/3", "encoder/3"), in the order they are drawn; others follow
@@ -39,7 +41,10 @@ def title(text: str, subtitle: str = "", full_width: bool = False) -> dict:
     """Layout for a short title over a subtitle wrapped to lines that fit the chart's width; the top
     margin grows to hold them, so neither is clipped."""
     lines = textwrap.wrap(subtitle, SUBTITLE_WRAP_FULL if full_width else SUBTITLE_WRAP, break_on_hyphens=False)
-    return {"title": {"text": text, "subtitle": {"text": "<br>".join(lines)}, "automargin": True}}
+    # An automargin title sits at the very top of the figure with its capitals' tops on the edge: Streamlit's
+    # theme gives it no top pad, so parentheses, ascenders and the rest of the line clip against the edge.
+    return {"title": {"text": text, "subtitle": {"text": "<br>".join(lines)}, "automargin": True,
+                      "pad": {"t": TITLE_PAD_PX}}}
 
 
 def _axis_name(ref: str) -> str:

@@ -194,6 +194,12 @@ def comparison(result: OptimizerTracesResult) -> go.Figure | None:
     return fig
 
 
+def _no_updates(fig: go.Figure) -> None:
+    fig.add_annotation(text="no update records: every run ended before its first record<br>(raise the steps or "
+                            "record updates more often)", xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                       bgcolor="rgba(255,255,255,0.8)")
+
+
 def update_geometry(result: OptimizerTracesResult) -> go.Figure:
     """The four update measures over training, averaged over the tracked matrices (and seeds)."""
     updates = _series(result, result.table("update"))
@@ -201,11 +207,16 @@ def update_geometry(result: OptimizerTracesResult) -> go.Figure:
     if not updates.empty:
         colours = _colours(updates["series"])
         per_run = updates.groupby(["series", "run_id", "step"], sort=False)[[m for m, *_ in GEOMETRY]].mean().reset_index()
-        for i, (metric, _, scale, axis) in enumerate(GEOMETRY):
+        for i, (metric, *_) in enumerate(GEOMETRY):
             r, c = divmod(i, 2)
             _band_traces(fig, per_run, "step", metric, colours, row=r + 1, col=c + 1, legend=i == 0)
-            fig.update_yaxes(type=scale, title_text=axis, row=r + 1, col=c + 1)
-            fig.update_xaxes(title_text="step", row=r + 1, col=c + 1)
+    else:
+        _no_updates(fig)
+    # Titled with or without data: an empty grid still says what it would show.
+    for i, (_, _, scale, axis) in enumerate(GEOMETRY):
+        r, c = divmod(i, 2)
+        fig.update_yaxes(type=scale, title_text=axis, row=r + 1, col=c + 1)
+        fig.update_xaxes(title_text="step", row=r + 1, col=c + 1)
     fig.update_layout(title="Geometry of the applied updates dW, mean over tracked matrices", height=660,
                       legend=dict(orientation="h", y=-0.12))
     return log_axes(fig)
@@ -219,11 +230,14 @@ def per_layer(result: OptimizerTracesResult) -> go.Figure:
     if not updates.empty:
         colours = _colours(updates["series"])
         means = updates.groupby(["series", "matrix"], sort=False)[[m for m, *_ in GEOMETRY]].mean().reset_index()
-        for i, (metric, _, scale, axis) in enumerate(GEOMETRY):
+        for i, (metric, *_) in enumerate(GEOMETRY):
             for name, g in means.groupby("series", sort=False):
                 fig.add_trace(go.Bar(x=g["matrix"], y=g[metric], name=name, marker_color=colours[name],
                                      legendgroup=name, showlegend=i == 0), row=i + 1, col=1)
-            fig.update_yaxes(type=scale, title_text=axis, row=i + 1, col=1)
+    else:
+        _no_updates(fig)
+    for i, (_, _, scale, axis) in enumerate(GEOMETRY):
+        fig.update_yaxes(type=scale, title_text=axis, row=i + 1, col=1)
     fig.update_xaxes(title_text="tracked matrix", row=len(GEOMETRY), col=1)
     fig.update_layout(title="Update geometry per matrix (mean over training)", barmode="group",
                       height=220 * len(GEOMETRY) + 120, legend=dict(orientation="h", y=-0.08))

@@ -398,7 +398,8 @@ def sector_polar(result: SteeringResult) -> go.Figure:
                 f"1 / s, s the smallest strength ({unit_label(result)}) beating the null, 0 where none does"),
         polar=dict(angularaxis=dict(direction="counterclockwise", rotation=0, tickmode="array", tickvals=centres,
                                     ticktext=[f"{r['sector']} (n = {r['count']})" for r in rows]),
-                   radialaxis=dict(exponentformat="power")), height=_HEIGHT, margin=dict(l=70, r=70),
+                   radialaxis=dict(exponentformat="power", title=dict(text="steerability 1 / s", font=dict(size=11)))),
+        height=_HEIGHT, margin=dict(l=70, r=70),
     )
     return fig
 
