@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing
 import os
 import struct
-import time
-import traceback
 import zipfile
 from pathlib import Path
 
@@ -26,47 +23,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.hostile.harness import MAX_RSS_MB, MAX_SECONDS, Outcome, _peak_mb, assert_refused, run_cli
+from tests.hostile.harness import MAX_RSS_MB, MAX_SECONDS, Outcome, assert_refused, run_call, run_cli
 
 OUTCOMES: list[tuple[str, Outcome]] = []
 
 
-def run_call(func, *args) -> Outcome:
-    """``func(*args)`` in a forked child, reported like a CLI run: OrthoscopeError -> exit 2 and
-    ``error: ...``; anything else escaping -> exit 99 with its traceback."""
-    context = multiprocessing.get_context("fork")
-    receive, send = context.Pipe(duplex=False)
-
-    def child():
-        from models import OrthoscopeError
-
-        try:
-            func(*args)
-            code, text = 0, ""
-        except OrthoscopeError as exc:
-            code, text = 2, f"error: {exc}"
-        except BaseException:  # what the test exists to catch
-            code, text = 99, traceback.format_exc()
-        send.send((code, text, _peak_mb()))
-        send.close()
-
-    proc = context.Process(target=child, daemon=True)
-    start = time.perf_counter()
-    proc.start()
-    send.close()
-    got = receive.poll(MAX_SECONDS)
-    elapsed = time.perf_counter() - start
-    if not got:
-        proc.kill()
-        proc.join()
-        return Outcome(None, f"killed after {MAX_SECONDS:.0f} s", elapsed, float("nan"))
-    try:
-        code, text, peak = receive.recv()
-    except EOFError:
-        proc.join()
-        return Outcome(proc.exitcode, f"child died with exit code {proc.exitcode}", elapsed, float("nan"))
-    proc.join()
-    return Outcome(code, text, elapsed, peak)
 
 
 def _record(case: str, outcome: Outcome) -> Outcome:
