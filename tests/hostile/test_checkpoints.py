@@ -287,9 +287,10 @@ def _st_f6_and_c64_skipped_by_spectra(tmp, fx):
     return spectra(write_st(tmp / "m.safetensors", header, w + bytes(192 + 2048 + 256)), tmp)
 
 
-@case("safetensors", ok=("tensors.csv", "layers.15999.w"), rest_analysed=False, timeout=30.0)
+@case("safetensors", ok=("tensors.csv", "layers.15999.w"), rest_analysed=False, timeout=60.0)
 def _st_16000_tiny_tensors_linear(tmp, fx):
-    # 1.3 MB of 2x2 tensors (all "too small"): took 332 s when each read reparsed the header.
+    # 1.3 MB of 2x2 tensors (all "too small"): took 332 s when each read reparsed the header. Bounded by
+    # 10 s of CPU (the test asserts it); the wall limit allows for a busy shared machine.
     return write_st(tmp / "m.safetensors", *tiny_tensors(16_000))
 
 
