@@ -4,6 +4,7 @@ number of tensors. The CLI-level hostile corpus is tests/hostile/test_checkpoint
 
 from __future__ import annotations
 
+import gc
 import json
 import struct
 import time
@@ -192,21 +193,31 @@ def test_each_read_costs_one_tensor_not_the_header(tmp_path, monkeypatch):
 
 
 def test_overview_cost_is_linear_in_the_number_of_tensors(tmp_path):
-    """CPU time (robust to a loaded machine) of load + overview for 2,000 and 8,000 tiny tensors: about 4x when
-    linear; it was about 16x when each read reparsed the header (16,000 tensors took 332 s)."""
+    """CPU time (robust to a loaded machine) of load + overview for 1,000 and 8,000 tiny tensors: about 8x when
+    linear; it was about 64x when each read reparsed the header (16,000 tensors took 332 s). The garbage
+    collector is paused and each size timed at its best of three, so a collection or a scheduler hiccup in
+    one run does not pass for quadratic cost."""
     from diagnostics import overview
 
     def cost(n: int) -> float:
         path = tmp_path / f"{n}.safetensors"
         save_file({f"layers.{i}.w": torch.ones(2, 2) for i in range(n)}, str(path))
-        start = time.process_time()
-        result = overview.run(models.load(str(path)))
-        assert len(result.tensors) == n
-        return time.process_time() - start
+        best = float("inf")
+        for _ in range(3):
+            gc.collect()
+            gc.disable()
+            try:
+                start = time.process_time()
+                result = overview.run(models.load(str(path)))
+                best = min(best, time.process_time() - start)
+            finally:
+                gc.enable()
+            assert len(result.tensors) == n
+        return best
 
     cost(200)  # warm up
-    small, large = cost(2000), cost(8000)
-    assert large < 8 * small, (small, large)
+    small, large = cost(1000), cost(8000)
+    assert large < 24 * small, (small, large)
 
 
 def test_unsupported_dtypes_are_skipped_with_their_reason(tmp_path):
