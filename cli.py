@@ -198,7 +198,10 @@ def load_model(spec: str):
     from models import load
 
     say(f"loading {spec} ...")
-    return load(spec)
+    handle = load(spec)
+    for note in handle.notes:  # e.g. which of a folder's weight files was read
+        say(f"note: {note}")
+    return handle
 
 
 def with_bar(label: str, func):
@@ -318,11 +321,12 @@ def cmd_alignment(args) -> list:
     if models:
         if not (args.model_a and args.model_b):
             raise OrthoscopeError("give both --model-a and --model-b.")
+        # The inputs first, so a bad text set or image folder is refused before two models load.
+        images = adata.load_image_set(args.images, args.captions) if args.images else None
+        texts = None if images else adata.load_text_set(args.texts)
         say(f"loading {args.model_a} and {args.model_b} ...")
         a = adata.Side(adata.load_embedder(args.model_a), args.pooling_a, args.layer_a)
         b = adata.Side(adata.load_embedder(args.model_b), args.pooling_b, args.layer_b)
-        images = adata.load_image_set(args.images, args.captions) if args.images else None
-        texts = None if images else adata.load_text_set(args.texts)
         inputs = with_bar("embedding", lambda bar: adata.model_inputs(a, b, texts, images, fit_on=args.fit_on, progress=bar))
     else:
         if not (args.emb_a and args.emb_b):
@@ -560,7 +564,7 @@ def cmd_steering(args) -> list:
     triples = None
     if args.triples is not None:
         input_file(args.triples, "--triples")
-        triples = steering_data.parse_triples(args.triples.read_bytes(), args.triples.name)
+        triples = steering_data.load_triples(args.triples)
     params = {
         "concept": args.concept, "tokens": tokens, "control": args.control, "layer": args.layer,
         **steering_protocol(args), "template": args.template, "sectors": args.sectors,

@@ -41,7 +41,9 @@ import numpy as np
 from diagnostics.alignment import AlignmentInputs, as_matrix, check_pair, content_hash
 from diagnostics.records import read_bytes, read_records
 from models.errors import OrthoscopeError
-from models.limits import check_memory, check_regular_file, human_bytes, loads_json, read_json
+from models.limits import (BOMB_FLOOR, MAX_ARRAY_FILE_BYTES, MAX_ARRAY_HEADER_BYTES, MAX_CSV_BYTES, MAX_IMAGE_BYTES,
+                           MAX_IMAGES, MAX_INFLATION, MAX_NPZ_MEMBERS, MAX_TEXT_CHARS, MAX_TEXT_FILE_BYTES, MAX_TEXTS,
+                           check_memory, check_regular_file, human_bytes, loads_json, read_json)
 
 Progress = Callable[[float, str], None]
 
@@ -50,21 +52,6 @@ BUILTIN_TEXTS = DATA_DIR / "alignment_sentences.jsonl"
 POOLINGS = ("auto", "mean", "cls", "last")
 ARRAY_SUFFIXES = (".npy", ".npz", ".csv", ".safetensors")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-MAX_TEXTS = 20_000
-MAX_TEXT_CHARS = 2_000
-MAX_TEXT_FILE_BYTES = 64 * 2**20
-# An array file is read whole; beyond this it is refused before it is read (the memory budget may
-# refuse smaller ones). A CSV of numbers is parsed straight into an array, but still bounded lower.
-MAX_ARRAY_FILE_BYTES = 4 * 2**30
-MAX_CSV_BYTES = 256 * 2**20
-MAX_NPZ_MEMBERS = 1_000
-# An .npz member that inflates more than this many times, to more than BOMB_FLOOR, is a bomb: real
-# embeddings compress a few-fold at most.
-MAX_INFLATION = 100
-BOMB_FLOOR = 64 * 2**20
-MAX_SAFETENSORS_HEADER = 16 * 2**20
-MAX_IMAGES = 5_000
-MAX_IMAGE_BYTES = 64 * 2**20
 MAX_TOKENS = 128
 BATCH = 32
 E5_SPEC = "builtin:e5"
@@ -365,7 +352,7 @@ def _safetensors_array(data: bytes, name: str) -> np.ndarray:
     if len(data) < 8:
         raise OrthoscopeError(f"{name} is not a valid safetensors file (too short for its header).")
     (size,) = struct.unpack("<Q", data[:8])
-    if size > min(MAX_SAFETENSORS_HEADER, len(data) - 8):
+    if size > min(MAX_ARRAY_HEADER_BYTES, len(data) - 8):
         raise OrthoscopeError(f"{name} is not a valid safetensors file (its header claims {size:,} bytes).")
     header = loads_json(data[8 : 8 + size], f"{name}'s safetensors header")
     if not isinstance(header, dict):

@@ -13,11 +13,8 @@ import io
 from pathlib import Path
 
 from models.errors import OrthoscopeError
-from models.limits import check_regular_file, human_bytes, loads_json
+from models.limits import MAX_RECORD_BYTES, MAX_RECORD_COLUMNS, MAX_RECORDS, check_regular_file, human_bytes, loads_json
 
-MAX_RECORD_BYTES = 64 * 2**20
-MAX_RECORDS = 1_000_000
-MAX_COLUMNS = 1_000
 
 
 def read_bytes(path: str | Path, what: str, max_bytes: int, size: int | None = None) -> bytes:
@@ -64,8 +61,8 @@ def read_records(data: bytes, filename: str) -> list[dict]:
     rows = []
     try:
         reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames is not None and len(reader.fieldnames) > MAX_COLUMNS:
-            raise OrthoscopeError(f"{filename} has {len(reader.fieldnames):,} columns (at most {MAX_COLUMNS:,}).")
+        if reader.fieldnames is not None and len(reader.fieldnames) > MAX_RECORD_COLUMNS:
+            raise OrthoscopeError(f"{filename} has {len(reader.fieldnames):,} columns (at most {MAX_RECORD_COLUMNS:,}).")
         for row in reader:
             # Cells past the header's columns land under the key None as a list: keep strings only.
             rows.append({k: v for k, v in row.items() if isinstance(k, str)})

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from diagnostics.records import read_bytes, read_records
 from models.errors import OrthoscopeError
+from models.limits import MAX_TRIPLES_BYTES
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "steering"
-MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 MIN_TRIPLES = 8
 FIELDS = ("prompt", "positive", "negative")
 _FIELD_NAMES = {"prompt": "prompt", "positive": "response with the concept", "negative": "response without the concept"}
@@ -45,16 +45,16 @@ def builtin_triples(name: str) -> list[dict]:
 
 def load_triples(path: str | Path) -> list[dict]:
     """Triples from a file: ``stat``-ed first (a FIFO or device is never opened), refused above
-    ``MAX_UPLOAD_BYTES`` before it is read, then parsed by :func:`parse_triples`."""
+    ``MAX_TRIPLES_BYTES`` before it is read, then parsed by :func:`parse_triples`."""
     path = Path(path)
-    return parse_triples(read_bytes(path, f"--triples {path.name}", MAX_UPLOAD_BYTES), path.name)
+    return parse_triples(read_bytes(path, f"--triples {path.name}", MAX_TRIPLES_BYTES), path.name)
 
 
 def parse_triples(data: bytes, filename: str) -> list[dict]:
     """Triples from CSV or JSONL bytes, checked; errors name the row (the n-th triple)."""
-    if len(data) > MAX_UPLOAD_BYTES:
+    if len(data) > MAX_TRIPLES_BYTES:
         raise OrthoscopeError(f"{filename} is {len(data) / 2**20:.1f} MB; triple files are limited to "
-                              f"{MAX_UPLOAD_BYTES // 2**20} MB.")
+                              f"{MAX_TRIPLES_BYTES // 2**20} MB.")
     rows = read_records(data, filename)
     if rows and any(f not in rows[0] for f in FIELDS):
         missing = [f for f in FIELDS if f not in rows[0]]

@@ -35,7 +35,7 @@ from diagnostics.power_law import fit_power_law
 from diagnostics.result import jsonable
 from diagnostics.spectra import eigenvalues
 from models.errors import OrthoscopeError
-from models.limits import check_regular_file, loads_json
+from models.limits import MAX_TRACE_BYTES, MAX_TRACE_STEP, check_regular_file, loads_json
 
 TRACE_FORMAT = "orthoscope-trace"
 # Version 2 renamed the update field ``orth_error`` to ``sv_cv`` (the same quantity); version-1
@@ -284,8 +284,6 @@ SPLIT_TYPES: dict[str, str] = {"train": "count", "val": "count", "test": "count"
                                "val_fraction": "num", "split_seed": "int?"}
 _TYPE_WORDS = {"num": "a number or null", "int": "int", "int?": "int or null", "count": "int >= 0", "str": "str",
                "bool": "bool", "dict": "dict", "list": "list"}
-MAX_STEP = 10**15
-MAX_TRACE_BYTES = 200 * 1024 * 1024
 
 
 def _fits(value, kind: str) -> bool:
@@ -294,7 +292,7 @@ def _fits(value, kind: str) -> bool:
     if kind in ("int", "int?", "count"):
         if value is None:
             return kind == "int?"
-        return type(value) is int and (kind != "count" or 0 <= value <= MAX_STEP)
+        return type(value) is int and (kind != "count" or 0 <= value <= MAX_TRACE_STEP)
     return isinstance(value, {"str": str, "bool": bool, "dict": dict, "list": list}[kind])
 
 

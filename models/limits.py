@@ -40,6 +40,32 @@ MAX_CONFIG_NAME_CHARS = 256
 # tiny models whose pooler or head is a visible share) of the parameters the weight files store.
 MODULE_SIZE_RATIO = 2.0
 MODULE_SIZE_SLACK = 2**20
+# What the other input files may hold (reports/SCHEMA.md lists them too). Limits on run parameters
+# (strengths, steps, generated tokens) live beside those parameters; these bound what a file brings.
+MAX_RECORD_BYTES = 64 * 2**20  # a CSV / JSONL table: labelled texts, triples, captions
+MAX_RECORDS = 1_000_000
+MAX_RECORD_COLUMNS = 1_000
+MAX_TRIPLES_BYTES = 5 * 2**20  # a steering triples file
+MAX_TEXTS = 20_000  # an alignment text set
+MAX_TEXT_CHARS = 2_000
+MAX_TEXT_FILE_BYTES = 64 * 2**20
+# An embedding array file is read whole; beyond this it is refused before it is read (the memory budget
+# may refuse smaller ones). A CSV of numbers is parsed straight into an array, but still bounded lower.
+MAX_ARRAY_FILE_BYTES = 4 * 2**30
+MAX_CSV_BYTES = 256 * 2**20
+MAX_NPZ_MEMBERS = 1_000
+# An .npz member that inflates more than this many times, to more than BOMB_FLOOR, is a bomb: real
+# embeddings compress a few-fold at most.
+MAX_INFLATION = 100
+BOMB_FLOOR = 64 * 2**20
+MAX_ARRAY_HEADER_BYTES = 16 * 2**20  # the safetensors header of an embedding array file
+MAX_IMAGES = 5_000  # an image folder for alignment
+MAX_IMAGE_BYTES = 64 * 2**20
+MAX_TRACE_BYTES = 200 * 2**20  # traces.jsonl
+MAX_TRACE_STEP = 10**15
+MAX_REPORT_BYTES = 256 * 2**20  # report.json
+MAX_REPORT_RESULTS = 64
+MAX_REPORT_ROWS = 2_000_000  # any list in a report's result, unless bounded more tightly
 MEMORY_ENV = "ORTHOSCOPE_MAX_MEMORY"
 DEFAULT_MEMORY_FRACTION = 0.5
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)

@@ -134,7 +134,7 @@ try:
         upload = st.file_uploader(
             "Triples: CSV or JSONL with the fields prompt, positive (response with the concept), negative (without)",
             type=["csv", "jsonl", "json"], key="steer_upload",
-            help=f"at least {steering_data.MIN_TRIPLES} triples, at most {steering_data.MAX_UPLOAD_BYTES // 2**20} MB",
+            help=f"at least {steering_data.MIN_TRIPLES} triples, at most {steering_data.MAX_TRIPLES_BYTES // 2**20} MB",
         )
         cols = st.columns([1, 2])
         concept = cols[0].text_input("Concept name", key="steer_concept_name", placeholder="e.g. dogs").strip()

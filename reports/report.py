@@ -21,7 +21,8 @@ import pandas as pd
 from diagnostics import glossary
 from diagnostics.result import SCHEMA_VERSION, Result, jsonable
 from models.errors import OrthoscopeError
-from models.limits import check_memory, human_bytes, loads_json
+from models.limits import (MAX_REPORT_BYTES, MAX_REPORT_RESULTS, MAX_REPORT_ROWS, MAX_TENSORS, check_memory,
+                           human_bytes, loads_json)
 from reports.registry import DIAGNOSTICS, TITLES, figures_for
 
 TOOL = "orthoscope"
@@ -50,10 +51,6 @@ def to_json(results: list[Result]) -> str:
 # ---------------------------------------------------------------------------------------
 # Reading report.json back: validated when loaded, not when drawn.
 
-MAX_REPORT_BYTES = 256 * 2**20
-MAX_RESULTS = 64
-MAX_ROWS = 2_000_000  # any list in a result, unless bounded more tightly below
-MAX_TENSORS = 65_536  # as models.limits: more stored tensors than any published model holds
 
 # Lists (by path inside a result) whose length drives a loop that adds a trace, a shape or an
 # n x n allocation in the charts or tables, bounded near what the diagnostic itself can write.
@@ -68,7 +65,7 @@ LENGTH_BOUNDS: dict[str, dict[str, int]] = {
                    "rownorm_vs_raw": 4_096, "gram_minus_identity": 4_096, "crosstalk": 4_096, "crosstalk_cos": 4_096},
     "steering": {"sectors": 36, "grid": 4_096, "directions": 4_096, "self_steering": 100_000, "samples": 100_000,
                  "sweep": 10_000, "examples": 1_000, "notes": 1_000},
-    "optimizer_traces": {"records": MAX_ROWS},
+    "optimizer_traces": {"records": MAX_REPORT_ROWS},
 }
 # Integers that size an allocation or a loop: (smallest, largest).
 INT_BOUNDS: dict[str, dict[str, tuple[int, int]]] = {
@@ -173,8 +170,8 @@ def from_json(text: str | bytes, *, check_drawable: bool = True) -> list[Result]
             f"report schema version {_shown(doc.get('schema_version'))} is not the version this Orthoscope reads "
             f"({SCHEMA_VERSION})."
         )
-    if len(doc["results"]) > MAX_RESULTS:
-        raise OrthoscopeError(f"this report holds {len(doc['results'])} results; at most {MAX_RESULTS} are opened.")
+    if len(doc["results"]) > MAX_REPORT_RESULTS:
+        raise OrthoscopeError(f"this report holds {len(doc['results'])} results; at most {MAX_REPORT_RESULTS} are opened.")
     results = []
     for i, item in enumerate(doc["results"]):
         name = item.get("diagnostic") if isinstance(item, dict) else None
@@ -211,8 +208,8 @@ def _check_bounds(item: dict, name: str, where: str) -> None:
             raise OrthoscopeError(f"{where}: '{path}' holds {len(value):,} entries; a result of {name} has at most "
                                   f"{limit:,}.")
     for key, value in item.items():
-        if isinstance(value, list) and len(value) > MAX_ROWS:
-            raise OrthoscopeError(f"{where}: '{key}' holds {len(value):,} entries; at most {MAX_ROWS:,} are read.")
+        if isinstance(value, list) and len(value) > MAX_REPORT_ROWS:
+            raise OrthoscopeError(f"{where}: '{key}' holds {len(value):,} entries; at most {MAX_REPORT_ROWS:,} are read.")
     for key, (low, high) in INT_BOUNDS.get(name, {}).items():
         value = item.get(key)
         if type(value) is int and not low <= value <= high:

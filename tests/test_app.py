@@ -205,3 +205,15 @@ def test_uploaded_folder_with_python_code_is_refused(tiny_bert_folder):
     at.sidebar.file_uploader(key="upload_dir").set_value(_folder_files(tiny_bert_folder, "tiny-bert")).run()
     assert any("contains Python files" in e for e in errors(at)), errors(at)
     assert not at.exception
+
+
+def test_a_folder_with_two_weight_files_says_which_was_read(monkeypatch, tmp_path):
+    folder = tmp_path / "both"
+    folder.mkdir()
+    save_file({"a.weight": torch.ones(16, 16)}, folder / "weights.safetensors")
+    torch.save({"a.weight": torch.zeros(16, 16)}, folder / "pytorch_model.bin")
+    monkeypatch.setenv("ORTHOSCOPE_ALLOWED_ROOTS", str(tmp_path))
+    at = app(model_source="Local path", local_path=str(folder)).run()
+    assert not errors(at) and not at.exception
+    captions = [c.value for c in at.caption]
+    assert any("from weights.safetensors; ignored: pytorch_model.bin" in c for c in captions), captions

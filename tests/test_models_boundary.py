@@ -350,3 +350,15 @@ def test_gguf_header_counts_are_checked_before_the_reader(tmp_path):
     path.write_bytes(b"GGUF" + struct.pack("<IQQ", 99, 0, 0) + bytes(64))
     with pytest.raises(OrthoscopeError, match="format version 99"):
         models.load(str(path))
+
+
+def test_the_cli_says_which_weight_file_of_a_folder_it_read(tmp_path, capsys):
+    import cli
+
+    folder = tmp_path / "both"
+    folder.mkdir()
+    save_file({"a.weight": torch.ones(16, 16)}, str(folder / "weights.safetensors"))
+    torch.save({"a.weight": torch.zeros(16, 16)}, folder / "pytorch_model.bin")
+    assert cli.main(["overview", "--model", str(folder), "--out", str(tmp_path / "out")]) == 0
+    assert "note: both: analysed, and its module built, from weights.safetensors; ignored: pytorch_model.bin." \
+        in capsys.readouterr().err

@@ -796,7 +796,7 @@ def test_triple_files_are_stat_ed_and_bounded_before_they_are_read(tmp_path):
     with pytest.raises(OrthoscopeError, match="not a regular file"):
         sd.load_triples(tmp_path / "t.jsonl")
     big = tmp_path / "big.jsonl"
-    big.write_bytes(b" " * (sd.MAX_UPLOAD_BYTES + 1))
+    big.write_bytes(b" " * (sd.MAX_TRIPLES_BYTES + 1))
     with pytest.raises(OrthoscopeError, match="at most"):
         sd.load_triples(big)
     with pytest.raises(OrthoscopeError, match="line 1: JSON nested deeper"):

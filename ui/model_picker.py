@@ -152,4 +152,6 @@ def current_model() -> ModelHandle | None:
         guard.error(exc)
         return None
     st.sidebar.caption(f"{guard.literal(handle.name)} · {handle.kind} · {handle.num_params:,} parameters · `{handle.fingerprint[:12]}`")
+    for note in handle.notes:  # e.g. which of a folder's weight files was read
+        st.caption(f"ⓘ {guard.literal(note)}")
     return handle

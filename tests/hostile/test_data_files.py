@@ -405,7 +405,7 @@ TRIPLE_CASES = {
     "a line that is a list": ("t.jsonl", _jsonl([_triple(i) for i in range(8)]) + "[1]\n", "JSON object"),
     "too few triples": ("t.jsonl", _jsonl([_triple(i) for i in range(3)]), "at least 8"),
     "csv lacking columns": ("t.csv", "prompt,positive\na,b\n", "lacks negative"),
-    "over 5 MB": ("t.jsonl", _jsonl([_triple(i, prompt="x" * 100_000) for i in range(60)]), "limited to"),
+    "over 5 MB": ("t.jsonl", _jsonl([_triple(i, prompt="x" * 100_000) for i in range(60)]), "at most 5.0 MiB are read"),
     "not UTF-8": ("t.csv", b"prompt,positive,negative\n\xff,\xfe,\xfd\n", "not UTF-8"),
 }
 
