@@ -354,7 +354,80 @@ GLOSSARY: dict[str, dict[str, str]] = {
     "steering.examples": {
         "sample": "the triple's number",
     },
+    "compare": {
+        "checkpoint": "the checkpoint's name: its folder or file name in a series, the model spec in a list",
+        "step": "training step read from the checkpoint's name; empty for a list of models",
+        "fingerprint": "sha256 of the checkpoint's weight files: the key its results are stored under",
+        "reason": "why the row has no numbers (empty when it has them)",
+    },
+    "compare.checkpoints": {
+        "status": "ok, or failed when the checkpoint could not be loaded or analysed",
+        "layers": "weight matrices the spectra diagnostic analysed (count)",
+        "trusted_layers": "layers whose power law is trusted (pl_trust, count)",
+        "mean_trusted_alpha": "mean alpha over the trusted layers; empty when none is trusted",
+        "mean_alpha": "mean alpha over every fitted layer, trusted or not (for comparison)",
+        "n_too-small": "layers with fewer eigenvalues than min_evals, not fitted (count)",
+        "n_random-like": "layers in the random-like phase: the whole ESD is an MP bulk (count)",
+        "n_bulk+spikes": "layers in the bulk+spikes phase: a few eigenvalues past an MP bulk (count)",
+        "n_very-heavy-tailed": "layers in the very-heavy-tailed phase: a tail past the bulk with alpha < 2 (count)",
+        "n_heavy-tailed": "layers in the heavy-tailed phase: a tail past the bulk with alpha >= 2 (count)",
+        "num_params": "parameters stored in the checkpoint (count)",
+        "tensors": "tensors stored in the checkpoint (count)",
+        "nonfinite_tensors": "stored tensors holding a NaN or an infinity (count)",
+        "seconds": "wall time to load and analyse the checkpoint (s)",
+        "failed": "1 when the checkpoint failed, 0 otherwise (for --fail-on \"failed>0\")",
+    },
+    "compare.deltas": {
+        "base": "the base model the update is measured from",
+        "derived": "the model whose update dW = W_derived - W_base this row describes",
+        "step": "training step of the derived checkpoint; empty for a list of models",
+        "rel_size": "||dW||_F / ||W_base||_F: the update's size relative to the base matrix",
+        "delta_frobenius": "||dW||_F, the update's Frobenius norm (weight units)",
+        "stable_rank": "sum s^2 / s_max^2 over dW's singular values: how many directions carry the update's energy",
+        "effective_rank": "exp of the entropy of dW's normalised singular values (Roy & Vetterli 2007): r for r "
+                          "equal directions",
+        "delta_rank": "singular values of dW above the rounding floor of the stored weights (count)",
+        "k_eff": "principal angles compared: min(k, rank of the base, delta_rank) (count)",
+        "angle_left_mean_deg": "mean principal angle between dW's top output directions and the base's top-k "
+                               "(degrees; 0: inside the base's dominant subspace, 90: orthogonal to it)",
+        "angle_left_min_deg": "smallest of those principal angles, output side (degrees)",
+        "overlap_left": "mean cos^2 of the output-side angles: 1 inside the base's top-k subspace, 0 orthogonal",
+        "overlap_left_null": "overlap_left a random subspace would have: k / N, N the output dimension (k: the larger "
+                             "of the two subspaces compared)",
+        "angle_right_mean_deg": "mean principal angle between dW's top input directions and the base's top-k "
+                                "(degrees)",
+        "angle_right_min_deg": "smallest of those principal angles, input side (degrees)",
+        "overlap_right": "mean cos^2 of the input-side angles: 1 inside the base's top-k subspace, 0 orthogonal",
+        "overlap_right_null": "overlap_right a random subspace would have: k / M, M the input dimension",
+        "delta_alpha": "power-law exponent of the tail of dW's ESD (eigenvalues above the rounding floor); empty "
+                       "for low-rank updates",
+        "delta_phase": "phase of dW's ESD by the spectra rules; too-small for fewer than min_evals eigenvalues "
+                       "above the floor",
+        "delta_pl_trust": "whether the power law of dW's ESD is trusted, by the spectra rules",
+        "delta_num_evals": "eigenvalues in dW's ESD, min(N, M) (count)",
+        "delta_evals": "dW's eigenvalues above the rounding floor, ascending (quantiles when there are many)",
+        "base_fingerprint": "sha256 of the base's weight files",
+        "derived_fingerprint": "sha256 of the derived model's weight files",
+    },
+    "compare.overlaps": {
+        "base": "the base model both task vectors are measured from",
+        "a": "the first derived model (task vector tau_a = W_a - W_base)",
+        "b": "the second derived model (task vector tau_b = W_b - W_base)",
+        "cosine": "<tau_a, tau_b> / (||tau_a|| ||tau_b||) over the layer's elements: 0 for orthogonal updates",
+        "subspace_overlap": "mean cos^2 of the principal angles between the two task vectors' top-k output "
+                            "subspaces: 1 shared, 0 orthogonal",
+        "null": "subspace_overlap random subspaces would have: k / N, N the output dimension (k: the larger of the "
+                "two subspaces compared)",
+        "k_eff": "principal angles compared: min(k, rank of either task vector) (count)",
+        "base_fingerprint": "sha256 of the base's weight files",
+        "a_fingerprint": "sha256 of model a's weight files",
+        "b_fingerprint": "sha256 of model b's weight files",
+    },
 }
+# The compare diagnostic's layer rows are the spectra diagnostic's metrics, so they share its words.
+GLOSSARY["compare.layers"] = {c: GLOSSARY["spectra"][c] for c in (
+    "alpha", "alpha_ci_low", "alpha_ci_high", "pl_trust", "phase", "stable_rank", "log_spectral_norm",
+    "frobenius_norm_sq", "num_evals")}
 
 
 def meaning(column: str, diagnostic: str = "", table: str = "") -> str | None:

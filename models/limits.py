@@ -28,6 +28,7 @@ MAX_TENSOR_NDIM = 16  # dimensions of one stored tensor
 MAX_PICKLE_BYTES = 64 * 2**20  # the pickle (data.pkl) of a zipped PyTorch checkpoint: names and shapes only
 MAX_FOLDER_ENTRIES = 100_000  # files and folders walked in one model folder
 MAX_FOLDER_DEPTH = 8  # nesting of a model folder (sentence-transformers modules sit one level down)
+MAX_CHECKPOINTS = 10_000  # checkpoints in one compared series: a long run saved every few hundred steps
 # Config fields that size a module, bounded well above any published model (Llama 3.1 405B: 126 layers,
 # hidden 16,384; Gemma 3: vocabulary 262,144; context windows of 10M positions).
 MAX_CONFIG_LAYERS = 10_000
