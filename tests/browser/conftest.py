@@ -21,7 +21,11 @@ def browser_type_launch_args():
     return {
         "executable_path": CHROMIUM,
         "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"],
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 # Several sessions at once are several users, each with the page in front: a tab in the
+                 # background must not have its timers (Streamlit's job polling) slowed.
+                 "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                 "--disable-backgrounding-occluded-windows"],
     }
 
 
@@ -37,7 +41,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def app_url(tmp_path_factory):
+def app_server(tmp_path_factory):
+    """The running dashboard: ``(url, process)``; the process is there for tests that measure the server."""
     port = _free_port()
     log = (tmp_path_factory.mktemp("streamlit") / "server.log").open("w")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -59,6 +64,11 @@ def app_url(tmp_path_factory):
     else:
         proc.terminate()
         pytest.fail("streamlit did not start within 120 s")
-    yield url
+    yield url, proc
     proc.terminate()
     proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def app_url(app_server):
+    return app_server[0]
