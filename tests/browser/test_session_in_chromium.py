@@ -6,6 +6,7 @@ import re
 from playwright.sync_api import Page, expect
 
 SMOL = "SmolLM2-135M-Instruct"
+SKIPPED = "Show only skipped tensors"  # Model overview's toggle, key overview_only_skipped
 
 
 def _pick_builtin(page: Page, title: str) -> None:
@@ -46,7 +47,7 @@ def test_the_model_picked_on_the_overview_is_the_model_of_every_page(page: Page,
     assert page.get_by_test_id("stException").count() == 0
 
 
-def test_a_reload_keeps_the_model_and_both_report_items(page: Page, app_url):
+def test_a_reload_keeps_the_model_both_report_items_and_a_page_setting(page: Page, app_url):
     page.goto(app_url)
     main = page.get_by_test_id("stMain")
     expect(main.get_by_text("Parameters per block").first).to_be_visible(timeout=180_000)
@@ -59,8 +60,17 @@ def test_a_reload_keeps_the_model_and_both_report_items(page: Page, app_url):
     page.get_by_role("button", name=re.compile("Add to report")).click()
     expect(sidebar.get_by_text(f"Model overview: {SMOL}")).to_be_visible(timeout=60_000)
     assert "session=" in page.url
+    skipped = main.get_by_label(SKIPPED)
+    expect(skipped).not_to_be_checked()
+    main.get_by_text(SKIPPED).click()  # a page setting, mirrored into the URL
+    expect(skipped).to_be_checked()
+    expect(page).to_have_url(re.compile(r"overview_only_skipped=true"), timeout=30_000)
+
     page.reload()
     expect(main.get_by_text(f"Loaded {SMOL}")).to_be_visible(timeout=240_000)
+    # The link's setting is checked against the toggle once the page has drawn it, then applied.
+    expect(main.get_by_label(SKIPPED)).to_be_checked(timeout=60_000)
+    assert re.search(r"overview_only_skipped=true", page.url), page.url
     sidebar = page.get_by_test_id("stSidebar")
     expect(sidebar.get_by_text("Model overview: all-MiniLM-L6-v2")).to_be_visible(timeout=60_000)
     expect(sidebar.get_by_text(f"Model overview: {SMOL}")).to_be_visible()
