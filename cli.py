@@ -16,6 +16,7 @@ import operator
 import os
 import re
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -389,8 +390,30 @@ def cmd_directions(args) -> list:
     return [result]
 
 
+OPTIMIZERS_RECIPE = """\
+real checkpoints to compare (two task vectors from one base):
+  # a base run of the character transformer, saving a checkpoint every 50 steps
+  python cli.py optimizers --bench chars --optimizers adamw --seeds 1 --lr-scales 1 --steps 600 \\
+      --save-checkpoints ckpt/base --save-every 50 --out out/base
+  # two fine-tunes of its last checkpoint, on two other texts shipped with Python
+  python cli.py optimizers --bench chars --optimizers adamw --seeds 1 --lr-scales 1 --steps 200 \\
+      --init-from ckpt/base/adamw-lr-0.001-seed-0/step_000600.safetensors --corpus license \\
+      --save-checkpoints ckpt/license --save-every 20 --out out/license
+  python cli.py optimizers --bench chars --optimizers adamw --seeds 1 --lr-scales 1 --steps 200 \\
+      --init-from ckpt/base/adamw-lr-0.001-seed-0/step_000600.safetensors --corpus typing \\
+      --save-checkpoints ckpt/typing --save-every 20 --out out/typing
+A run's folder (ckpt/base/adamw-lr-0.001-seed-0) is a checkpoint series whose file names carry the step,
+ordered by it; each fine-tune's step_000000 equals the base checkpoint it started from, so its last
+checkpoint minus that one is its task vector. Then, e.g.:
+  python cli.py compare --checkpoints ckpt/base/adamw-lr-0.001-seed-0 --out out/sweep
+  python cli.py compare --base ckpt/base/adamw-lr-0.001-seed-0/step_000600.safetensors \\
+      --models ckpt/license/adamw-lr-0.001-seed-0/step_000200.safetensors \\
+               ckpt/typing/adamw-lr-0.001-seed-0/step_000200.safetensors --out out/task-vectors
+"""
+
+
 def optimizers_arguments(p: argparse.ArgumentParser) -> None:
-    from diagnostics.optimizer_traces import BENCHMARKS, DECAYS, DEFAULTS
+    from diagnostics.optimizer_traces import BENCHMARKS, CORPORA, DECAYS, DEFAULT_CORPUS, DEFAULTS
     from diagnostics.optimizers import SCOPES, optimizer_names
 
     p.add_argument("--bench", choices=list(BENCHMARKS), default=DEFAULTS["bench"],
@@ -418,15 +441,48 @@ def optimizers_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=DEFAULTS["eval_every"], help="held-out evaluation every n steps")
     p.add_argument("--trace", type=Path, default=None,
                    help="instead of training, report on a traces.jsonl recorded earlier (e.g. in your own loop)")
+    g = p.add_argument_group("checkpoints and fine-tunes")
+    g.add_argument("--save-checkpoints", type=Path, default=None, metavar="DIR",
+                   help="write each run's weights as safetensors, DIR/RUN/step_NNNNNN.safetensors (RUN: the run id "
+                        "made safe for a file name, e.g. adamw-lr-0.001-seed-0; one folder per run), at step 0, every "
+                        "--save-every steps and at the last step; a run folder that already holds checkpoints is refused")
+    g.add_argument("--save-every", type=int, default=None, metavar="N",
+                   help=f"with --save-checkpoints: steps between checkpoints (default {DEFAULTS['save_every']})")
+    g.add_argument("--init-from", type=Path, default=None, metavar="FILE",
+                   help="start every run from these weights (a .safetensors checkpoint of the same benchmark model, "
+                        "e.g. one written by --save-checkpoints) instead of fresh ones; the optimizer state starts fresh")
+    g.add_argument("--corpus", choices=list(CORPORA), default=None,
+                   help="chars only: the text to train on, shipped with Python: "
+                        + "; ".join(f"{k}: {v}" for k, v in CORPORA.items())
+                        + f" (default {DEFAULT_CORPUS}). The vocabulary stays the topics' so that checkpoints fit "
+                        "one model: tabs become four spaces, accented letters their base letters, other unknown "
+                        "characters are dropped, and the counts are shown")
+    # argparse rewraps an epilog unless told not to; the description is wrapped here instead.
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = textwrap.fill(p.description or "", 100)
+    p.epilog = OPTIMIZERS_RECIPE
 
 
 def cmd_optimizers(args) -> list:
     from diagnostics import optimizer_traces, trace_recorder
     from models import OrthoscopeError
 
+    training_only = [flag for flag, value in (("--save-checkpoints", args.save_checkpoints),
+                                              ("--save-every", args.save_every), ("--init-from", args.init_from),
+                                              ("--corpus", args.corpus)) if value is not None]
     if args.trace is not None:
+        if training_only:
+            raise OrthoscopeError(f"{training_only[0]} needs training; it cannot be used with --trace.")
         input_file(args.trace, "--trace")
         return [optimizer_traces.from_trace(trace_recorder.read_trace(args.trace), args.trace.name)]
+    if args.save_every is not None and args.save_checkpoints is None:
+        raise OrthoscopeError("--save-every needs --save-checkpoints DIR.")
+    if args.save_every is not None and args.save_every < 1:
+        raise OrthoscopeError(f"--save-every must be a whole number of steps from 1, got {args.save_every}.")
+    if args.save_checkpoints is not None and args.save_checkpoints.exists() and not args.save_checkpoints.is_dir():
+        raise OrthoscopeError(f"--save-checkpoints: {_shown_path(args.save_checkpoints)} is a file; give a folder.")
+    if args.init_from is not None:
+        input_file(args.init_from, "--init-from")
     lrs = {}
     for item in args.lr:
         name, _, value = item.partition("=")
@@ -442,6 +498,9 @@ def cmd_optimizers(args) -> list:
         "split_seed": args.split_seed,
         "decay": args.decay, "every": args.every, "alpha_every": args.alpha_every, "eval_every": args.eval_every,
         "adamw_lr": args.adamw_lr, "weight_decay": args.weight_decay,
+        "save_checkpoints": None if args.save_checkpoints is None else str(args.save_checkpoints),
+        "save_every": optimizer_traces.DEFAULTS["save_every"] if args.save_every is None else args.save_every,
+        "init_from": None if args.init_from is None else str(args.init_from), "corpus": args.corpus,
     })
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -462,6 +521,12 @@ def cmd_optimizers(args) -> list:
                  "test_loss_at_best_val_hi", "test_acc_at_best_val", "test_loss_ratio_to_adamw"]
         say(compare[shown].to_string(index=False, float_format=lambda x: f"{x:.4g}"), keep_newlines=True)
     say(args.out / "traces.jsonl", file=sys.stdout)
+    if params["save_checkpoints"] is not None:
+        # One checkpoint series per run, listed with the files written.
+        for run in optimizer_traces.plan(params):
+            folder = Path(params["save_checkpoints"]) / optimizer_traces.run_folder(run)
+            if folder.is_dir():
+                say(folder, file=sys.stdout)
     return [result]
 
 

@@ -25,16 +25,36 @@ start from the same initial weights and see the same batches. Each run is evalua
 ``best_val_loss`` over seeds (:func:`choose_rates`), with the mean and a Student-t interval over
 seeds of its test metrics (:meth:`OptimizerTracesResult.compare`). Nothing is chosen on test:
 the functions that choose see only validation columns.
+
+Checkpoints and fine-tunes. With ``save_checkpoints=DIR`` every run writes its model's state dict
+as safetensors, ``DIR/RUN/step_NNNNNN.safetensors`` (:func:`checkpoint_path`; ``RUN`` is the run id
+made safe for a file name, e.g. ``adamw-lr-0.001-seed-0``, one folder per run even for a single run),
+at step 0 (the initial weights), every ``save_every`` steps and at the last step; the file's
+metadata names bench, corpus, optimizer, scope, lr, seed and step. A run folder that already holds
+checkpoints is refused rather than mixed. ``init_from=FILE`` starts every run from a safetensors
+checkpoint of the same benchmark model (names, shapes and, for ``chars``, the vocabulary are checked
+before anything is read; the optimizer state starts fresh), and ``corpus`` trains ``chars`` on
+another text shipped with CPython (:data:`CORPORA`) mapped onto the vocabulary of the default corpus,
+so that checkpoints of every corpus fit one model: two fine-tunes of one base checkpoint on two
+corpora give two task vectors from one base.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import hashlib
 import json
 import math
+import os
+import re
+import sys
+import sysconfig
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, ClassVar, Iterator
 
 import numpy as np
@@ -69,6 +89,12 @@ DEFAULTS = {
     "split_seed": 0,
     "adamw_lr": 1e-3,
     "weight_decay": 0.0,
+    # Checkpoints (off unless a folder is given), the weights to start from, and the chars corpus
+    # (None: the benchmark's own data; chars reads it as "topics").
+    "save_checkpoints": None,
+    "save_every": 50,
+    "init_from": None,
+    "corpus": None,
 }
 DECAYS = ("none", "linear", "cosine")
 MAX_STEPS = 20000
@@ -103,6 +129,9 @@ class Benchmark:
     data_digest: str
     splits: dict
     split_index: Callable[[], dict[str, np.ndarray]]
+    # chars: the symbols, in token order (the vocabulary of the default corpus, whatever the corpus).
+    vocab: tuple[str, ...] = ()
+    corpus: str | None = None
 
 
 def _digest(*arrays) -> str:
@@ -204,11 +233,106 @@ def _windows(data: torch.Tensor, lo: int, hi: int, context: int, count: int = 64
             torch.stack([data[s + 1:s + context + 1] for s in starts.tolist()]))
 
 
-def _chars(val_fraction: float = DEFAULTS["val_fraction"], split_seed: int = DEFAULTS["split_seed"]) -> Benchmark:
+# --- the chars corpora ---------------------------------------------------------------------------
+
+# Texts that ship with CPython. The vocabulary is always the one of "topics", so that a checkpoint
+# trained on any corpus fits the same model (a fine-tune continues a base run on another text).
+CORPORA = {
+    "topics": "Python's documentation topics (pydoc_data.topics)",
+    "license": "the text of Python's licence (LICENSE.txt beside the standard library)",
+    "inspect": "the source of the standard library's inspect.py",
+    "typing": "the source of the standard library's typing.py",
+}
+DEFAULT_CORPUS = "topics"
+# A corpus must leave a validation block, a test split and training windows of 64 characters.
+MIN_CORPUS_CHARS = 5_000
+MAX_CORPUS_BYTES = 16 * 2**20
+# The characters written for a tab (not in the documentation topics' vocabulary).
+TAB = "    "
+
+
+@functools.lru_cache(maxsize=1)
+def _topics_text() -> str:
     import pydoc_data.topics
 
-    text = "\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))
-    vocab = sorted(set(text))
+    return "\n".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics))
+
+
+def stdlib_dirs() -> list[Path]:
+    """Where the standard library and the files beside it lie (the folders ``site`` searches for
+    the licence, and the installation prefix, where Windows keeps LICENSE.txt)."""
+    found: dict[str, Path] = {}
+    for d in (sysconfig.get_path("stdlib"), os.path.dirname(os.__file__)):
+        if d:
+            for where in (Path(d), Path(d).parent):
+                found.setdefault(os.path.normcase(os.path.abspath(where)), where)
+    base = Path(sys.base_prefix)
+    found.setdefault(os.path.normcase(os.path.abspath(base)), base)
+    return list(found.values())
+
+
+def _read_shipped(path: Path, what: str) -> str:
+    from models.limits import read_text
+
+    try:
+        return read_text(path, what, max_bytes=MAX_CORPUS_BYTES).replace("\r\n", "\n")
+    except OrthoscopeError as exc:
+        raise OrthoscopeError(f"corpus {what}: {exc}") from None
+
+
+def corpus_text(name: str) -> str:
+    """The raw text of one of :data:`CORPORA`, found in this Python's installation."""
+    if name == "topics":
+        return _topics_text()
+    if name == "license":
+        dirs = stdlib_dirs()
+        for d in dirs:
+            for file in ("LICENSE.txt", "LICENSE"):
+                if (d / file).is_file():
+                    return _read_shipped(d / file, "'license'")
+        raise OrthoscopeError(f"corpus 'license': this Python ships no LICENSE.txt (looked in "
+                              f"{', '.join(map(str, dirs))}); choose another corpus.")
+    if name in ("inspect", "typing"):
+        import importlib.util
+
+        spec = importlib.util.find_spec(name)
+        origin = Path(spec.origin) if spec is not None and spec.origin else None
+        if origin is None or origin.suffix != ".py" or not origin.is_file():
+            raise OrthoscopeError(f"corpus {name!r}: the source file {name}.py does not ship with this Python "
+                                  f"(only compiled code); choose another corpus.")
+        return _read_shipped(origin, repr(name))
+    raise OrthoscopeError(f"unknown corpus {name!r}; choose from {', '.join(CORPORA)}.")
+
+
+def to_vocab(text: str, vocab: list[str] | tuple[str, ...]) -> tuple[str, int, int]:
+    """``text`` written with the symbols of ``vocab`` only: a tab becomes four spaces, a character with
+    a compatibility decomposition into known symbols becomes them (e.g. an accented letter its base
+    letter), any other unknown character is dropped. Returns the text and the counts of characters
+    mapped and dropped."""
+    known = set(vocab)
+    counts = collections.Counter(c for c in text if c not in known)
+    table: dict[int, str | None] = {}
+    mapped = dropped = 0
+    for c, n in counts.items():
+        if c == "\t" and " " in known:
+            table[ord(c)] = TAB
+        else:
+            parts = "".join(x for x in unicodedata.normalize("NFKD", c) if x in known)
+            table[ord(c)] = parts or None
+        if table[ord(c)] is None:
+            dropped += n
+        else:
+            mapped += n
+    return (text.translate(table) if table else text), mapped, dropped
+
+
+def _chars(val_fraction: float = DEFAULTS["val_fraction"], split_seed: int = DEFAULTS["split_seed"],
+           corpus: str = DEFAULT_CORPUS) -> Benchmark:
+    vocab = sorted(set(_topics_text()))
+    text, mapped, dropped = to_vocab(corpus_text(corpus), vocab)
+    if len(text) < MIN_CORPUS_CHARS:
+        raise OrthoscopeError(f"corpus {corpus!r} holds {len(text):,} usable characters; at least "
+                              f"{MIN_CORPUS_CHARS:,} are needed for its three splits.")
     index = {c: i for i, c in enumerate(vocab)}
     data = torch.tensor([index[c] for c in text], dtype=torch.long)
     context, batch = 64, 32
@@ -242,25 +366,39 @@ def _chars(val_fraction: float = DEFAULTS["val_fraction"], split_seed: int = DEF
     splits = {"train": cut - n_val, "val": n_val, "test": len(data) - cut, "unit": "characters",
               "val_from": "training text", "val_fraction": val_fraction, "split_seed": split_seed,
               "eval_windows": 64}
-    return Benchmark("chars", f"character transformer (2 blocks, width 64, {len(vocab)} symbols) on Python's "
-                     f"documentation topics ({len(text):,} characters: last 10 % test, a block of "
-                     f"{val_fraction:.0%} of the rest validation)",
+    source = "Python's documentation topics"
+    if corpus != DEFAULT_CORPUS:
+        source = CORPORA[corpus]
+        # Said wherever the splits are shown: the text was rewritten onto the base vocabulary.
+        splits.update(corpus=corpus, mapped_chars=mapped, dropped_chars=dropped)
+    changed = (f"; {mapped:,} characters outside the topics' vocabulary mapped, {dropped:,} dropped"
+               if mapped or dropped else "")
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return Benchmark("chars", f"character transformer (2 blocks, width 64, {len(vocab)} symbols) on "
+                     f"{source} ({len(text):,} characters: last 10 % test, a block of "
+                     f"{val_fraction:.0%} of the rest validation{changed})",
                      head=("head",), input_layers=(), build_model=build, batches=batches,
                      evaluate_val=_scorer(Xva, Yva, "val"), evaluate_test=_scorer(Xte, Yte, "test"), loss=loss,
-                     data_digest=hashlib.sha256(text.encode()).hexdigest()[:16], splits=splits,
-                     split_index=split_index)
+                     data_digest=digest, splits=splits, split_index=split_index, vocab=tuple(vocab), corpus=corpus)
 
 
 BENCHMARKS: dict[str, Callable[..., Benchmark]] = {"digits": _digits, "chars": _chars}
 
 
 def benchmark(name: str, val_fraction: float = DEFAULTS["val_fraction"],
-              split_seed: int = DEFAULTS["split_seed"]) -> Benchmark:
+              split_seed: int = DEFAULTS["split_seed"], corpus: str | None = None) -> Benchmark:
+    """A benchmark; ``corpus`` (one of :data:`CORPORA`) picks the text of ``chars``, None its default."""
     try:
         build = BENCHMARKS[name]
     except KeyError:
         raise OrthoscopeError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}.") from None
-    return build(val_fraction, split_seed)
+    if corpus is None:
+        return build(val_fraction, split_seed)
+    if name != "chars":
+        raise OrthoscopeError(f"a corpus applies to the chars benchmark only, not to {name}.")
+    if corpus not in CORPORA:
+        raise OrthoscopeError(f"unknown corpus {corpus!r}; choose from {', '.join(CORPORA)}.")
+    return build(val_fraction, split_seed, corpus)
 
 
 # --- parameters ----------------------------------------------------------------------------------
@@ -291,7 +429,8 @@ def check_params(params: dict) -> dict:
     if any(not (v > 0 and math.isfinite(v)) for v in p["lrs"].values()):
         raise OrthoscopeError("learning rates must be positive numbers.")
     for key, low, high in (("seeds", 1, 20), ("steps", 1, MAX_STEPS), ("every", 1, MAX_STEPS),
-                           ("alpha_every", 1, MAX_STEPS), ("eval_every", 1, MAX_STEPS), ("split_seed", 0, 2**31 - 1)):
+                           ("alpha_every", 1, MAX_STEPS), ("eval_every", 1, MAX_STEPS), ("split_seed", 0, 2**31 - 1),
+                           ("save_every", 1, MAX_STEPS)):
         if isinstance(p[key], bool) or not isinstance(p[key], int) or not low <= p[key] <= high:
             raise OrthoscopeError(f"{key} must be a whole number from {low} to {high}, got {p[key]!r}.")
     if isinstance(p["val_fraction"], bool) or not isinstance(p["val_fraction"], (int, float)) \
@@ -305,6 +444,7 @@ def check_params(params: dict) -> dict:
         raise OrthoscopeError(f"unknown scope {', '.join(map(repr, bad_scopes))}; use one of {', '.join(optimizers.SCOPES)}.")
     if p["decay"] not in DECAYS:
         raise OrthoscopeError(f"unknown lr decay {p['decay']!r}; use one of {', '.join(DECAYS)}.")
+    _check_checkpoint_params(p)
     p["optimizers"] = list(dict.fromkeys(p["optimizers"]))
     p["scopes"] = list(dict.fromkeys(p["scopes"]))
     p["lr_scales"] = list(dict.fromkeys(float(s) for s in p["lr_scales"]))
@@ -315,7 +455,36 @@ def check_params(params: dict) -> dict:
     ids = [r["run_id"] for r in plan(p)]
     if len(set(ids)) < len(ids):
         raise OrthoscopeError("two learning-rate scales give the same rate to 6 digits; give distinct scales.")
+    folders = [run_folder(r) for r in plan(p)]
+    if p["save_checkpoints"] is not None and len(set(folders)) < len(folders):
+        raise OrthoscopeError("two runs would write their checkpoints to the same folder; give distinct rates.")
     return p
+
+
+def _check_checkpoint_params(p: dict) -> None:
+    """``save_checkpoints``, ``init_from`` and ``corpus`` checked (and made JSON-safe) in place."""
+    from models.limits import check_regular_file
+
+    for key in ("save_checkpoints", "init_from"):
+        value = p[key]
+        if value is None:
+            continue
+        if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+            raise OrthoscopeError(f"{key} must be a path, got {value!r}.")
+        p[key] = os.fspath(value)
+    if p["save_checkpoints"] is not None:
+        root = Path(p["save_checkpoints"])
+        if root.exists() and not root.is_dir():
+            raise OrthoscopeError(f"save_checkpoints: {root.name} exists and is not a folder; give a folder "
+                                  f"for the checkpoints.")
+    if p["init_from"] is not None:
+        check_regular_file(Path(p["init_from"]), f"init_from: {Path(p['init_from']).name}")
+    if p["bench"] == "chars":
+        p["corpus"] = DEFAULT_CORPUS if p["corpus"] is None else p["corpus"]
+        if p["corpus"] not in CORPORA:
+            raise OrthoscopeError(f"unknown corpus {p['corpus']!r}; choose from {', '.join(CORPORA)}.")
+    elif p["corpus"] is not None:
+        raise OrthoscopeError(f"a corpus applies to the chars benchmark only, not to {p['bench']}.")
 
 
 def plan(params: dict) -> list[dict]:
@@ -401,6 +570,125 @@ def mean_interval(values, level: float = INTERVAL) -> tuple[float, float, float]
 SCOPE_TAGS = {"hidden_only": "hidden-only", "all_but_head": "all-but-head", "": ""}
 
 
+# --- checkpoints ---------------------------------------------------------------------------------
+
+CHECKPOINT_GLOB = "step_*.safetensors"
+
+
+def run_folder(run: dict) -> str:
+    """The folder name of one run's checkpoints: its run id with every run of characters other than
+    letters, digits, ``.``, ``_`` and ``-`` made one ``-`` (``muon|lr=0.02|seed=0`` ->
+    ``muon-lr-0.02-seed-0``), safe on every file system."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", run["run_id"]).strip("-.") or "run"
+
+
+def checkpoint_path(root: str | os.PathLike, run: dict, step: int) -> Path:
+    """``root/RUN/step_NNNNNN.safetensors``: zero-padded, so that names sort in step order."""
+    return Path(root) / run_folder(run) / f"step_{step:06d}.safetensors"
+
+
+def _prepare_checkpoint_folders(root: str, runs: list[dict]) -> None:
+    """Create ``root`` and one folder per run; refuse a run folder that already holds checkpoints
+    (a rerun would interleave two runs' steps in one series)."""
+    root_path = Path(root)
+    try:
+        root_path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OrthoscopeError(f"save_checkpoints: cannot create {root_path.name} ({exc.strerror or exc}).") from None
+    for r in runs:
+        folder = root_path / run_folder(r)
+        if folder.exists() and not folder.is_dir():
+            raise OrthoscopeError(f"save_checkpoints: {folder.name} exists and is not a folder.")
+        if folder.is_dir() and next(folder.glob(CHECKPOINT_GLOB), None) is not None:
+            raise OrthoscopeError(f"save_checkpoints: {root_path.name}/{folder.name} already holds checkpoints; "
+                                  f"give an empty folder or remove them.")
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise OrthoscopeError(f"save_checkpoints: cannot create {folder.name} ({exc.strerror or exc}).") from None
+
+
+def save_checkpoint(model: nn.Module, path: Path, metadata: dict) -> None:
+    """The model's state dict as safetensors, each tensor its own contiguous CPU copy (safetensors
+    refuses shared storage); written beside and renamed, so that a killed run never leaves half a
+    file under a checkpoint's name. ``metadata`` values are written as strings."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    part = path.with_name(path.name + ".part")
+    try:
+        save_file(tensors, str(part), metadata={str(k): str(v) for k, v in metadata.items()})
+        os.replace(part, path)
+    except OSError as exc:
+        raise OrthoscopeError(f"cannot write checkpoint {path.parent.name}/{path.name} ({exc.strerror or exc}).") from None
+
+
+def load_init(path: str | os.PathLike, bench: Benchmark) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict of ``path`` (a safetensors checkpoint of ``bench``'s model), checked against the
+    model before its data is read: the same tensor names, shapes and float dtypes, and for ``chars``
+    the same vocabulary when the file states one. Returns it with the file's sha256 (16 hex digits).
+    Read with safetensors only (no pickle)."""
+    from safetensors.torch import load_file
+
+    from models.safety import DEFAULT_MAX_MB, check_size, sniff, validate_safetensors
+
+    path = Path(path)
+    name = f"init_from: {path.name}"
+    try:
+        check_size(path, DEFAULT_MAX_MB)
+        kind = sniff(path)
+        if kind != "safetensors":
+            raise OrthoscopeError(f"it is a {kind} file; only safetensors checkpoints are read here.")
+        layout = validate_safetensors(path)
+    except OrthoscopeError as exc:
+        message = str(exc)
+        raise OrthoscopeError(f"init_from: {message}" if message.startswith(path.name) else f"{name}: {message}") from None
+    expected = {k: tuple(v.shape) for k, v in bench.build_model().state_dict().items()}
+    stored = {t.name: t for t in layout.tensors}
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(n[:60] for n in names[:3]) + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+
+    problems = []
+    missing = [k for k in expected if k not in stored]
+    extra = [k for k in stored if k not in expected]
+    if missing:
+        problems.append(f"missing {listed(missing)}")
+    if extra:
+        problems.append(f"unexpected {listed(extra)}")
+    for k, shape in expected.items():
+        if k in stored and stored[k].shape != shape:
+            problems.append(f"{k} is {'x'.join(map(str, stored[k].shape)) or 'a scalar'}, the model's "
+                            f"{'x'.join(map(str, shape))}")
+        elif k in stored and stored[k].dtype not in ("F32", "F64", "F16", "BF16"):
+            problems.append(f"{k} is {stored[k].dtype}, not floating point")
+    if problems:
+        raise OrthoscopeError(f"{name} does not fit the {bench.name} model: {'; '.join(problems[:3])}"
+                              f"{' ...' if len(problems) > 3 else ''}.")
+    vocab = layout.metadata.get("vocab")
+    if bench.vocab and vocab is not None and vocab != json.dumps("".join(bench.vocab)):
+        raise OrthoscopeError(f"{name} was trained with another character vocabulary (saved by another Python "
+                              f"version's documentation topics?); it cannot continue here.")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    state = load_file(str(path))
+    return {k: v.to(torch.float32) for k, v in state.items()}, digest
+
+
+def checkpoint_metadata(bench: Benchmark, run: dict, params: dict, init: str | None) -> dict:
+    """What a checkpoint says about itself, in its safetensors header (strings only)."""
+    meta = {"format": "pt", "producer": "orthoscope optimizer_traces", "bench": bench.name,
+            "optimizer": run["optimizer"], "scope": run.get("scope", ""), "lr": f"{run['lr']:.6g}",
+            "lr_scale": f"{run['lr_scale']:g}", "seed": str(run["seed"]), "steps": str(params["steps"]),
+            "run_id": run["run_id"], "data_digest": bench.data_digest}
+    if bench.corpus is not None:
+        meta["corpus"] = bench.corpus
+    if bench.vocab:
+        meta["vocab"] = json.dumps("".join(bench.vocab))
+    if init is not None:
+        meta["init_from"] = init
+    return meta
+
+
 # --- one run ---------------------------------------------------------------------------------------
 
 def tracked_matrices(bench: Benchmark, model: nn.Module, scopes: list[str]) -> list[str]:
@@ -415,10 +703,19 @@ def tracked_matrices(bench: Benchmark, model: nn.Module, scopes: list[str]) -> l
 
 
 def train_run(bench: Benchmark, run: dict, params: dict, sink: Callable[[dict], None],
-              progress: Callable[[int], None] | None = None) -> tuple[dict, list[optimizers.Route]]:
-    """Train one run, streaming its records to ``sink``; returns its summary row and routing."""
+              progress: Callable[[int], None] | None = None,
+              init: tuple[dict[str, torch.Tensor], str] | None = None) -> tuple[dict, list[optimizers.Route]]:
+    """Train one run, streaming its records to ``sink``; returns its summary row and routing.
+
+    ``init``: a state dict to start from (instead of the seed's fresh weights) and its digest, as
+    :func:`load_init` returns them. With ``params["save_checkpoints"]`` the run writes its weights at
+    step 0, every ``save_every`` steps and at the last step (:func:`checkpoint_path`)."""
     torch.manual_seed(run["seed"])
     model = bench.build_model()
+    init_tag = None
+    if init is not None:
+        model.load_state_dict(init[0], strict=True)
+        init_tag = f"{Path(params['init_from']).name if params.get('init_from') else 'state dict'} sha256:{init[1]}"
     scope = run.get("scope") or params["scopes"][0]
     opt, routes = optimizers.build(run["optimizer"], model, lr=run["lr"], adamw_lr=params["adamw_lr"],
                                    weight_decay=params["weight_decay"], scope=scope,
@@ -426,6 +723,20 @@ def train_run(bench: Benchmark, run: dict, params: dict, sink: Callable[[dict], 
     scheduler = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(params["decay"], params["steps"]))
     header = {**run, "bench": bench.name, "decay": params["decay"], "adamw_lr": params["adamw_lr"],
               "weight_decay": params["weight_decay"], "splits": bench.splits, "routes": [r.__dict__ for r in routes]}
+    if bench.corpus is not None:
+        header["corpus"] = bench.corpus
+    if init_tag is not None:
+        header["init_from"] = init_tag
+    root, save_every, saved = params.get("save_checkpoints"), params.get("save_every", DEFAULTS["save_every"]), []
+    if root is not None:
+        meta = checkpoint_metadata(bench, run, params, init_tag)
+
+        def save(t: int) -> None:
+            path = checkpoint_path(root, run, t)
+            save_checkpoint(model, path, {**meta, "step": t})
+            saved.append(path)
+
+        save(0)
     rec = TraceRecorder(model, opt, run=header, every=params["every"], alpha_every=params["alpha_every"],
                         matrices=tracked_matrices(bench, model, params["scopes"]), sink=sink, run_id=run["run_id"])
     gen = torch.Generator().manual_seed(1000 + run["seed"])
@@ -451,6 +762,8 @@ def train_run(bench: Benchmark, run: dict, params: dict, sink: Callable[[dict], 
                 model.train()
                 evals.append(scores)
                 rec.log("eval", **{k: v for k, v in scores.items() if k != "step"})
+            if root is not None and (t % save_every == 0 or t == params["steps"]):
+                save(t)
             if progress:
                 progress(t)
         if rec.step % params["alpha_every"]:
@@ -477,6 +790,10 @@ def train_run(bench: Benchmark, run: dict, params: dict, sink: Callable[[dict], 
         "ms_per_step": per_step["forward"] + per_step["backward"] + per_step["optimizer"],
         **{f"ms_{k}": v for k, v in per_step.items()},
     }
+    if root is not None:
+        # A diverged run stops at its last finite checkpoint.
+        summary.update(checkpoints=len(saved), checkpoint_dir=run_folder(run),
+                       last_checkpoint=saved[-1].name if saved else "")
     sink(summary)
     return summary, routes
 
@@ -737,9 +1054,13 @@ def run(params: dict, progress: Callable[[float, str], None] | None = None,
         sink: Callable[[dict], None] | None = None) -> OptimizerTracesResult:
     """Train every planned run of ``params`` (see ``DEFAULTS``) and collect their traces."""
     params = check_params(params)
-    bench = benchmark(params["bench"], params["val_fraction"], params["split_seed"])
+    bench = benchmark(params["bench"], params["val_fraction"], params["split_seed"], corpus=params["corpus"])
     runs = plan(params)
     records: list[dict] = []
+    # Both checked before any run trains: a bad file or a used folder costs no training time.
+    init = load_init(params["init_from"], bench) if params["init_from"] is not None else None
+    if params["save_checkpoints"] is not None:
+        _prepare_checkpoint_folders(params["save_checkpoints"], runs)
 
     def keep(record: dict) -> None:
         records.append(record)
@@ -758,8 +1079,10 @@ def run(params: dict, progress: Callable[[float, str], None] | None = None,
                 if progress and (t % 10 == 0 or t == params["steps"]):
                     progress((i * params["steps"] + t) / total, f"run {i + 1}/{len(runs)}: {r['label']}{where} "
                              f"lr={r['lr']:.3g} seed={r['seed']}, step {t}/{params['steps']}")
-            train_run(bench, r, params, keep, tick)
+            train_run(bench, r, params, keep, tick, init=init)
         seconds = time.perf_counter() - t0
-    return OptimizerTracesResult(model_name=bench.description, fingerprint=f"{bench.name}:{bench.data_digest}",
+    fingerprint = f"{bench.name}:{bench.data_digest}" + (f"+init:{init[1]}" if init is not None else "")
+    name = bench.description + (f", starting from {Path(params['init_from']).name}" if init is not None else "")
+    return OptimizerTracesResult(model_name=name, fingerprint=fingerprint,
                                  params=params, timings={"total_s": seconds}, records=records, notes=method_notes(),
                                  splits=bench.splits)
