@@ -15,6 +15,7 @@ PAGES = [
     st.Page("pages/directions.py", title="Latent directions", icon=":material/explore:"),
     st.Page("pages/steering.py", title="Cylindrical steering", icon=":material/adjust:"),
     st.Page("pages/optimizer_traces.py", title="Optimizer traces", icon=":material/timeline:"),
+    st.Page("pages/compare.py", title="Compare models", icon=":material/difference:"),
     st.Page("pages/report_viewer.py", title="Open a report", icon=":material/folder_open:"),
 ]
 

@@ -655,6 +655,76 @@ def cmd_steering(args) -> list:
     return [result]
 
 
+def compare_arguments(p: argparse.ArgumentParser) -> None:
+    from diagnostics.compare import CompareParams
+    from diagnostics.sweep import EXECUTORS
+    from models.checkpoints import STEP_PATTERN
+
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--checkpoints", type=Path, metavar="DIR",
+                      help="a checkpoint series: a folder of checkpoint-N/ folders (HF Trainer) or of weight files "
+                           "named with their step (step_500.safetensors, model-00100.pt), ordered by the step")
+    what.add_argument("--models", nargs="+", metavar="SPEC",
+                      help="models side by side, in this order: builtin:NAME, local paths, hf:ORG/NAME")
+    p.add_argument("--pattern", default=None, metavar="REGEX",
+                   help=f"with --checkpoints: a regex whose one group is the step, searched in each name "
+                        f"(default: {STEP_PATTERN})")
+    p.add_argument("--base", default=None, metavar="SPEC",
+                   help="a base model: every other model's per-layer delta from it (deltas.csv) and, for two or "
+                        "more, the overlap of their task vectors (overlaps.csv)")
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="serial: this process; local: a process pool (the default); ray: Ray tasks")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local: worker processes; ray: CPUs of the Ray cluster started here (default: one per core)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="with --executor ray: join this cluster ('auto', or the head's HOST:PORT) instead of starting "
+                        "one; every node must read the checkpoints under the same paths")
+    p.add_argument("--db", type=Path, default=None, metavar="FILE",
+                   help="DuckDB file of finished tasks (default: OUT/compare.duckdb); a rerun computes only what it "
+                        "lacks, and a failed checkpoint is tried again")
+    defaults = CompareParams()
+    p.add_argument("--k", type=int, default=defaults.k,
+                   help="dimension of the top singular subspaces whose angles are compared (default: %(default)s)")
+    p.add_argument("--min-evals", type=int, default=defaults.min_evals,
+                   help="layers with fewer eigenvalues get no power-law fit (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=defaults.seed, help="the spectra diagnostic's seed (default: %(default)s)")
+
+
+def cmd_compare(args) -> list:
+    from diagnostics import sweep
+    from diagnostics.compare import CompareParams
+    from models import OrthoscopeError
+    from models.checkpoints import discover, from_specs
+
+    if args.pattern is not None and args.checkpoints is None:
+        raise OrthoscopeError("--pattern reads steps from the names in --checkpoints; drop it with --models.")
+    if args.ray_address and args.executor != "ray":
+        raise OrthoscopeError("--ray-address needs --executor ray.")
+    if args.workers is not None and args.executor == "serial":
+        raise OrthoscopeError("--workers applies to --executor local or ray; serial runs in this process.")
+    params = CompareParams(k=args.k, min_evals=args.min_evals, seed=args.seed)
+    members = discover(args.checkpoints, args.pattern) if args.checkpoints is not None else from_specs(args.models)
+    base = from_specs([args.base])[0] if args.base else None
+    db = args.db if args.db is not None else args.out / "compare.duckdb"
+    say(f"comparing {len(members)} {'checkpoints' if args.checkpoints is not None else 'models'}"
+        f"{f' against {args.base}' if base else ''} ({args.executor} executor); finished tasks go to {db}")
+    result = with_bar("compare", lambda bar: sweep.run(
+        members, base, params, executor=args.executor, workers=args.workers, db=db, ray_address=args.ray_address,
+        progress=bar))
+    s = result.summary
+    # What was reused and what failed, on stderr beside the progress; stdout lists the files written.
+    say(f"{s['reused']} of {s['tasks']} tasks already in {db} (skipped), {s['computed']} computed; "
+        f"{s['ok']} of {s['checkpoints']} checkpoints ok, {s['failed']} failed")
+    for row in result.checkpoints:
+        if row["status"] != "ok":
+            say(f"failed: {row['checkpoint']}: {row['reason']}")
+    for failure in s["task_failures"]:
+        say(f"failed: {failure['task']}: {failure['reason']}")
+    for note in s["notes"]:
+        say(f"note: {note}")
+    return [result]
+
+
 @dataclass(frozen=True)
 class Command:
     run: Callable[[argparse.Namespace], list]  # returns the results to write
@@ -676,6 +746,9 @@ COMMANDS: dict[str, Command] = {
     "optimizers": Command(cmd_optimizers, "train a benchmark with several optimizers, recording the geometry of every "
                           "update; compare them at rates chosen on validation (compare.csv, runs.csv, traces.jsonl)",
                           optimizers_arguments),
+    "compare": Command(cmd_compare, "checkpoints of a training run or a list of models side by side, and with --base "
+                       "the delta of each layer and the overlap of task vectors; a resumable sweep on a process pool "
+                       "or Ray (checkpoints.csv, layers.csv, deltas.csv, overlaps.csv)", compare_arguments),
 }
 
 

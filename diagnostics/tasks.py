@@ -10,16 +10,23 @@ returns what it computed, so a second run with other settings does not embed or 
 
 from __future__ import annotations
 
+import hashlib
+import multiprocessing
 import os
+import signal
+import stat
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from diagnostics import alignment, directions, optimizer_traces, overview, spectra, steering
+from diagnostics import alignment, directions, optimizer_traces, overview, spectra, steering, sweep
 from diagnostics import alignment_data as adata
 from models import OrthoscopeError, load
+from models.module_cache import cache_root
+from models.safety import check_under_roots
 
 Progress = Callable[[float, str], None]
 # Settings the worker must see as the caller sees them now: a worker is forked from a process
@@ -86,6 +93,65 @@ def _alignment(task: Task, progress: Progress, carry: Carry):
     return alignment.run(inputs, task.params, progress=lambda f, m: progress(0.4 + 0.6 * f, m))
 
 
+def sweep_db(source: str) -> Path:
+    """The DuckDB file of the dashboard's sweeps of ``source`` (a folder, or a list of specs): one
+    file per source, so running it again resumes, and a folder that gained checkpoints computes only
+    those. Under the user cache (models.module_cache), or with the cache off under a temporary
+    folder of this user's that nobody else may enter."""
+    root = cache_root()
+    folder = root / "sweeps" if root is not None else Path(tempfile.gettempdir()) / f"orthoscope-sweeps-{os.geteuid()}"
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = os.lstat(folder)
+    except OSError as exc:
+        raise OrthoscopeError(f"cannot make the folder for the sweep's database, {folder} "
+                              f"({exc.strerror or exc}).") from None
+    # A fixed name in a shared temporary folder could be another user's link or folder, planted in advance.
+    if root is None and (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077):
+        raise OrthoscopeError(f"{folder} is not a private folder of this user; remove it, or set ORTHOSCOPE_CACHE_DIR.")
+    return folder / f"compare-{hashlib.sha256(source.encode()).hexdigest()[:24]}.duckdb"
+
+
+def _own_children() -> None:
+    """Let this worker start the sweep's process pool, and end the pool when the job is cancelled.
+
+    ui/background.py starts each job as a daemon process, and multiprocessing refuses a daemon
+    children (they would outlive it). The sweep needs them, so this worker stops counting as a
+    daemon and, when Cancel terminates it (SIGTERM), kills its children itself: a pool's workers
+    left behind would wait on their queue for ever, each holding a model.
+    """
+    process = multiprocessing.current_process()
+    if not process.daemon:
+        return
+    process.daemon = False
+
+    def stop(signum, frame):
+        for child in multiprocessing.active_children():
+            child.kill()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _compare(task: Task, progress: Progress, carry: Carry):
+    """The compare sweep (diagnostics/sweep.py) of ``inputs["checkpoints"]``, ``inputs["base"]``
+    optional. Every local path must lie under its roots (``inputs["roots"]``: spec -> roots; links
+    resolved; none given: refused), checked here because the sweep opens its members without roots.
+    Several workers make a local process pool, one runs in this process; the store is
+    :func:`sweep_db` of ``inputs["source"]``."""
+    given = task.inputs
+    members = [*given["checkpoints"], *([given["base"]] if given.get("base") else [])]
+    for member in members:
+        if not member.spec.startswith(("builtin:", "hf:")):
+            check_under_roots(Path(member.spec), [Path(r) for r in given["roots"].get(member.spec, ())])
+    workers = int(given["workers"])
+    if workers > 1:
+        _own_children()
+    return sweep.run(given["checkpoints"], given.get("base"), task.params,
+                     executor="local" if workers > 1 else "serial", workers=workers, db=sweep_db(given["source"]),
+                     progress=progress)
+
+
 RUNNERS: dict[str, Callable[[Task, Progress, Carry], Any]] = {
     "overview": lambda t, p, c: overview.run(t.model.open(), t.params, progress=p),
     "spectra": lambda t, p, c: spectra.run(t.model.open(), t.params, progress=p),
@@ -94,6 +160,7 @@ RUNNERS: dict[str, Callable[[Task, Progress, Carry], Any]] = {
                                              activation_cache=c),
     "alignment": _alignment,
     "optimizer_traces": lambda t, p, c: optimizer_traces.run(t.params, progress=p),
+    "compare": _compare,
 }
 
 

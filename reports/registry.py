@@ -7,12 +7,14 @@ from typing import Callable
 import plotly.graph_objects as go
 
 from charts import alignment as alignment_charts
+from charts import compare as compare_charts
 from charts import directions as directions_charts
 from charts import optimizer_traces as optimizer_traces_charts
 from charts import overview as overview_charts
 from charts import spectra as spectra_charts
 from charts import steering as steering_charts
 from diagnostics.alignment import AlignmentResult
+from diagnostics.compare import CompareResult
 from diagnostics.directions import DirectionsResult
 from diagnostics.optimizer_traces import OptimizerTracesResult
 from diagnostics.overview import OverviewResult
@@ -28,6 +30,7 @@ DIAGNOSTICS: dict[str, tuple[type[Result], Callable[[Result], list[go.Figure]]]]
     DirectionsResult.diagnostic: (DirectionsResult, directions_charts.figures),
     SteeringResult.diagnostic: (SteeringResult, steering_charts.figures),
     OptimizerTracesResult.diagnostic: (OptimizerTracesResult, optimizer_traces_charts.figures),
+    CompareResult.diagnostic: (CompareResult, compare_charts.figures),
 }
 
 # diagnostic name -> title. Reports and the basket name results as the pages in app.py do: the
@@ -39,6 +42,7 @@ TITLES: dict[str, str] = {
     DirectionsResult.diagnostic: "Latent directions",
     SteeringResult.diagnostic: "Cylindrical steering",
     OptimizerTracesResult.diagnostic: "Optimizer traces",
+    CompareResult.diagnostic: "Compare models",
 }
 
 

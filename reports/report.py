@@ -66,6 +66,9 @@ LENGTH_BOUNDS: dict[str, dict[str, int]] = {
     "steering": {"sectors": 36, "grid": 4_096, "directions": 4_096, "self_steering": 100_000, "samples": 100_000,
                  "sweep": 10_000, "examples": 1_000, "notes": 1_000},
     "optimizer_traces": {"records": MAX_REPORT_ROWS},
+    # A sweep of up to MAX_CHECKPOINTS checkpoints; a layer row per checkpoint and matrix.
+    "compare": {"checkpoints": 10_000, "layers": MAX_REPORT_ROWS, "deltas": MAX_REPORT_ROWS,
+                "overlaps": MAX_REPORT_ROWS},
 }
 # Integers that size an allocation or a loop: (smallest, largest).
 INT_BOUNDS: dict[str, dict[str, tuple[int, int]]] = {
@@ -116,6 +119,16 @@ NUMERIC_COLUMNS: dict[str, dict[str, frozenset[str]]] = {
         "directions": _cols("best_raw_match best_raw_match_cos cos_rownorm_raw eig_AtA_raw eig_AtA_rownorm"
                             " eigengap_raw eigengap_rownorm explained_raw explained_rownorm index sv_raw"),
         "projector": _cols("eckart_young_error eckart_young_relative equal_sv_error equal_sv_relative k"),
+    },
+    "compare": {
+        "checkpoints": _cols("step layers trusted_layers mean_trusted_alpha mean_alpha n_too-small n_random-like"
+                             " n_bulk+spikes n_very-heavy-tailed n_heavy-tailed num_params tensors nonfinite_tensors"
+                             " seconds failed"),
+        "layers": _cols("step alpha alpha_ci_low alpha_ci_high stable_rank log_spectral_norm frobenius_norm_sq num_evals"),
+        "deltas": _cols("step rel_size delta_frobenius stable_rank effective_rank delta_rank k_eff angle_left_mean_deg"
+                        " angle_left_min_deg overlap_left overlap_left_null angle_right_mean_deg angle_right_min_deg"
+                        " overlap_right overlap_right_null delta_alpha delta_num_evals"),
+        "overlaps": _cols("cosine subspace_overlap null k_eff"),
     },
     "steering": {
         "samples": _cols("cos_theta index norm normal_norm phi_deg sector x y"),

@@ -151,3 +151,48 @@ def steering():
     from tests.test_charts_steering import make_result
 
     return _named(make_result())
+
+
+def compare_series(folder: Path) -> list[Path]:
+    """A training run in ``folder``: step_0 (a heavy-tailed layer, a noise layer, a layer too small to
+    fit), step_100 and step_200 (the same plus a planted rank-2 update and more noise), step_300
+    (corrupt). Returns the four files in step order."""
+    rng = np.random.default_rng(0)
+    heavy = rng.standard_t(1.5, size=(300, 150))
+    noise = rng.standard_normal((64, 32))
+    paths = []
+    for i, step in enumerate((0, 100, 200)):
+        r = np.random.default_rng(i + 1)
+        update = 0.5 * i * r.standard_normal((300, 2)) @ r.standard_normal((2, 150))
+        weights = {"layers.0.mlp.up_proj.weight": heavy + update,
+                   "layers.1.self_attn.q_proj.weight": noise + 0.2 * i * r.standard_normal((64, 32)),
+                   "layers.1.mlp.down_proj.weight": r.standard_normal((6, 4))}
+        paths.append(folder / f"step_{step}.safetensors")
+        save_file({k: torch.tensor(v, dtype=torch.float32) for k, v in weights.items()}, paths[-1])
+    paths.append(folder / "step_300.safetensors")
+    paths[-1].write_bytes(b"not a checkpoint")
+    return paths
+
+
+def _compare(as_series: bool):
+    from diagnostics import sweep
+    from models.checkpoints import discover, from_specs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "run"
+        folder.mkdir()
+        paths = compare_series(folder)
+        members = discover(folder) if as_series else from_specs([str(p) for p in paths])
+        return sweep.run(members, base=members[0], executor="serial", db=Path(tmp) / "sweep.duckdb")
+
+
+@functools.cache
+def compare():
+    """A checkpoint series swept with step_0 as the base: every table filled, one failed checkpoint."""
+    return _compare(as_series=True)
+
+
+@functools.cache
+def compare_models():
+    """The same files as a list of models (long path names, no steps)."""
+    return _compare(as_series=False)

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 import pytest
 
 import charts
-from charts import alignment, common, directions, optimizer_traces, overview, spectra, steering
+from charts import alignment, common, compare, directions, optimizer_traces, overview, spectra, steering
 from tests import result_fixtures as results
 
 # Characters of a title (or of one subtitle line) that fit a half-width and a full-width chart.
@@ -41,6 +41,25 @@ def _loss_variants() -> list[go.Figure]:
 
 def _both_alignments() -> tuple:
     return results.alignment(), results.alignment_unlabelled()
+
+
+def _both_compares() -> tuple:
+    """A checkpoint series (steps) and the same files as a list of models (long path names, no steps)."""
+    return results.compare(), results.compare_models()
+
+
+def _compare_variants(builder) -> list[go.Figure]:
+    """A builder's figure for each member it can be drawn for, on both compare results."""
+    out = []
+    for r in _both_compares():
+        members = compare.ok_members(r)
+        if builder is compare.alpha_a_vs_b:
+            out += [compare.alpha_a_vs_b(r), compare.alpha_a_vs_b(r, members[-1], members[0])]
+        elif builder is compare.delta_geometry:
+            out += [compare.delta_geometry(r, d) for d in compare.derived_members(r)]
+        else:
+            out += [compare.overlap_matrix(r, layer) for layer in (None, *compare.layer_names(r))]
+    return out
 
 
 def _log_axes_helper() -> list[go.Figure]:
@@ -101,6 +120,12 @@ BUILDERS = {
     steering.baseline_cosines: lambda: [steering.baseline_cosines(results.steering())],
     steering.layer_sweep: lambda: [steering.layer_sweep(results.steering())],
     steering.figures: lambda: steering.figures(results.steering()),
+    compare.alpha_heatmap: lambda: [compare.alpha_heatmap(r) for r in _both_compares()],
+    compare.mean_alpha_over_steps: lambda: [compare.mean_alpha_over_steps(r) for r in _both_compares()],
+    compare.alpha_a_vs_b: lambda: _compare_variants(compare.alpha_a_vs_b),
+    compare.delta_geometry: lambda: _compare_variants(compare.delta_geometry),
+    compare.overlap_matrix: lambda: _compare_variants(compare.overlap_matrix),
+    compare.figures: lambda: [f for r in _both_compares() for f in compare.figures(r)],
 }
 
 
@@ -246,13 +271,14 @@ def test_titles_fit_the_width_the_pages_draw_them_at(builder, draw, drawn):
 
 
 def test_full_width_lists_name_builders():
-    for module in (overview, spectra, alignment, directions, optimizer_traces, steering):
+    for module in (overview, spectra, alignment, directions, optimizer_traces, steering, compare):
         assert set(getattr(module, "FULL_WIDTH", ())) <= {fn.__name__ for fn in figure_builders()
                                                           if fn.__module__ == module.__name__}
 
 
 @pytest.mark.parametrize("builder", [alignment.heatmaps, directions.rownorm_vs_raw, directions.orthogonality,
-                                     directions.crosstalk, steering.baseline_cosines])
+                                     directions.crosstalk, steering.baseline_cosines, compare.alpha_heatmap,
+                                     compare.overlap_matrix])
 def test_heatmaps_label_their_ticks(builder, drawn):
     for fig in _figures(builder, BUILDERS[builder], drawn):
         layout = fig.to_plotly_json()["layout"]

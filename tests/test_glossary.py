@@ -9,7 +9,8 @@ import pytest
 from diagnostics import glossary
 from tests import result_fixtures as results
 
-RESULTS = ("overview", "spectra", "alignment", "alignment_unlabelled", "directions", "optimizer_traces", "steering")
+RESULTS = ("overview", "spectra", "alignment", "alignment_unlabelled", "directions", "optimizer_traces", "steering",
+           "compare")
 # Tables the pages build themselves from a result's fields.
 PAGE_TABLES = {("steering", "examples"): ["sample", "prompt", "s", "p", "unsteered", "steered", "random"]}
 

@@ -75,6 +75,7 @@ FIXTURES = {
     "directions": results.directions,
     "steering": results.steering,
     "optimizer_traces": results.optimizer_traces,
+    "compare": results.compare,
 }
 
 

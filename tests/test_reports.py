@@ -275,7 +275,8 @@ def test_what_no_check_foresees_is_refused_when_loaded_not_when_drawn(result):
     assert reports.from_json(_one_result({**result.to_dict(), "tensors": rows}), check_drawable=False)
 
 
-@pytest.mark.parametrize("name", ["overview", "spectra", "alignment", "directions", "optimizer_traces", "steering"])
+@pytest.mark.parametrize("name", ["overview", "spectra", "alignment", "directions", "optimizer_traces", "steering",
+                                  "compare"])
 def test_every_diagnostics_report_loads_back_and_its_numeric_columns_are_declared(name):
     """The load-time checks refuse nothing a diagnostic writes, and NUMERIC_COLUMNS names every
     column that holds numbers in the result fixtures (add a new numeric column there too)."""

@@ -56,7 +56,8 @@ from ui import guard
 PICKER_KEYS = ("model_source", "builtin_key", "local_path", "hf_id", "upload_mode")
 # The pages' option keys start with their page's prefix; the page is known by its script's name.
 PAGE_PREFIX_OF = {"overview": "overview_", "spectra": "spectra_", "alignment": "align_",
-                  "directions": "directions_", "steering": "steer_", "optimizer_traces": "opt_"}
+                  "directions": "directions_", "steering": "steer_", "optimizer_traces": "opt_",
+                  "compare": "compare_"}
 PAGE_PREFIXES = tuple(PAGE_PREFIX_OF.values())
 BASKET_KEY = "report_results"
 MAX_SESSIONS = 64
