@@ -59,6 +59,7 @@ from diagnostics import compare
 from diagnostics.compare import CompareParams, CompareResult
 from models import OrthoscopeError, load
 from models.checkpoints import Checkpoint
+from models.handle import cached_fingerprints, remember_fingerprints
 from models.handle import fingerprint as file_fingerprint
 
 Progress = Callable[[float, str], None]
@@ -93,6 +94,8 @@ class SweepTask:
     with this reason and never sent to a worker.
     threads: BLAS and torch threads in the worker (1 when several workers share the cores; None
     leaves the process's setting alone).
+    known: the driver's fingerprint cache entries of the members' files (path, size, mtime -> sha256),
+    so a worker does not hash every byte again (a few hundred ms a checkpoint of MiniLM's size).
     """
 
     kind: str
@@ -102,6 +105,7 @@ class SweepTask:
     digest: str
     error: str = ""
     threads: int | None = None
+    known: tuple = ()
 
     @property
     def key(self) -> str:
@@ -143,13 +147,15 @@ def failure_reason(exc: BaseException) -> str:
     return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 4] + " ..."
 
 
-def _identify(spec: str) -> tuple[str, str]:
-    """(fingerprint, "") of a spec that opens, or (a stand-in key, the reason) of one that does not.
+def _identify(spec: str) -> tuple[str, str, tuple]:
+    """(fingerprint, "", its fingerprint cache entries) of a spec that opens, or (a stand-in key, the
+    reason, ()) of one that does not.
 
     The stand-in is the sha256 of the file's bytes when the spec is a readable file (so a repaired
     file gets a key of its own), else of the spec."""
     try:
-        return load(spec).fingerprint, ""
+        handle = load(spec)
+        return handle.fingerprint, "", cached_fingerprints(handle.source.files)
     except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint is recorded, the sweep goes on
         reason = failure_reason(exc)
     path = Path(spec)
@@ -157,7 +163,7 @@ def _identify(spec: str) -> tuple[str, str]:
         key = file_fingerprint([path]) if path.is_file() else _sha256(spec)
     except OSError:
         key = _sha256(spec)
-    return key, reason
+    return key, reason, ()
 
 
 def plan(checkpoints: list[Checkpoint], base: Checkpoint | None = None, params: CompareParams | None = None,
@@ -175,21 +181,27 @@ def plan(checkpoints: list[Checkpoint], base: Checkpoint | None = None, params: 
     members = list(checkpoints)
     if base is not None and base.spec not in {c.spec for c in checkpoints}:
         members.insert(0, base)
-    known: dict[str, tuple[str, str]] = {}
+    known: dict[str, tuple[str, str, tuple]] = {}
     for i, ckpt in enumerate(members):
         if progress is not None:
             progress(i / len(members), f"fingerprinting {ckpt.name} ({i + 1}/{len(members)})")
         if ckpt.spec not in known:
             known[ckpt.spec] = _identify(ckpt.spec)
-    tasks = [SweepTask("checkpoint", (c,), (known[c.spec][0],), values, digest, known[c.spec][1]) for c in members]
+    def entries(group) -> tuple:
+        return tuple(e for c in group for e in known[c.spec][2])
+
+    tasks = [SweepTask("checkpoint", (c,), (known[c.spec][0],), values, digest, known[c.spec][1],
+                       known=entries([c])) for c in members]
     if base is None or known[base.spec][1]:
         return tasks
     base_fp = known[base.spec][0]
     derived = [c for c in checkpoints if c.spec != base.spec and not known[c.spec][1]]
-    tasks += [SweepTask("delta", (base, d), (base_fp, known[d.spec][0]), values, digest) for d in derived]
+    tasks += [SweepTask("delta", (base, d), (base_fp, known[d.spec][0]), values, digest, known=entries([base, d]))
+              for d in derived]
     if 2 <= len(derived) <= MAX_OVERLAP_MODELS:
         fps = tuple(known[d.spec][0] for d in derived)
-        tasks.append(SweepTask("overlap", (base, *derived), (base_fp, *fps), values, digest))
+        tasks.append(SweepTask("overlap", (base, *derived), (base_fp, *fps), values, digest,
+                               known=entries([base, *derived])))
     return tasks
 
 
@@ -227,6 +239,7 @@ def run_task(task: SweepTask) -> TaskOutcome:
     a task's own failure, so one bad checkpoint never stops a pool or a Ray job)."""
     if task.threads:
         _limit_threads(task.threads)
+    remember_fingerprints(task.known)
     started = time.perf_counter()
     try:
         tables = _compute(task)
@@ -467,8 +480,12 @@ class Store:
             for table, rows in tables.items():
                 keyed = [{**dict(zip(_STORE_COLUMNS, (task.key, task.digest, i))),
                           **{k: _plain(v) for k, v in row.items()}} for i, row in enumerate(rows)]
+                # A number column that is NaN in every row so far (mean_trusted_alpha with no trusted
+                # fit) is still made, as DOUBLE, so that it reads back as NaN rather than going missing.
+                nan_only = {k for row in rows for k, v in row.items()
+                            if isinstance(v, (float, np.floating)) and math.isnan(v)}
                 if keyed:
-                    self._insert(con, table, keyed, existing.get(table))
+                    self._insert(con, table, keyed, existing.get(table), nan_only)
             con.execute("COMMIT")
 
     @staticmethod
@@ -485,15 +502,19 @@ class Store:
         return out
 
     @staticmethod
-    def _insert(con, table: str, rows: list[dict], columns: dict[str, str] | None) -> None:
+    def _insert(con, table: str, rows: list[dict], columns: dict[str, str] | None,
+                nan_only: set[str] = frozenset()) -> None:
         """Insert rows whose columns may be new to the table: columns are added (or widened) as
-        values of their type first appear; a column with no value yet is left for a later row."""
+        values of their type first appear; a column with no value yet is left for a later row,
+        unless it held NaN (``nan_only``), which makes it a DOUBLE column."""
         seen: dict[str, str] = {}
         for row in rows:
             for name, value in row.items():
                 if value is not None:
                     kind = _sql_type(value)
                     seen[name] = _wider(seen[name], kind) if name in seen else kind
+        for name in nan_only:
+            seen.setdefault(name, "DOUBLE")
         if columns is None:
             con.execute(f"CREATE TABLE {_quote(table)} ({', '.join(f'{_quote(n)} {t}' for n, t in seen.items())})")
             columns = dict(seen)

@@ -163,9 +163,26 @@ def _row(meta: TensorMeta, mats: list[WeightMatrix], skipped: Skipped | None) ->
 _FINGERPRINT_CACHE: dict[tuple, str] = {}
 
 
+def _fingerprint_key(files: list[Path]) -> tuple:
+    return tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(files))
+
+
+def cached_fingerprints(files: list[Path]) -> tuple:
+    """The cache entry of ``files`` as ``((key, digest),)``, or ``()``: for a process that will open the
+    same files (a sweep's worker), so that it need not read every byte again to hash them."""
+    key = _fingerprint_key(files)
+    return ((key, _FINGERPRINT_CACHE[key]),) if key in _FINGERPRINT_CACHE else ()
+
+
+def remember_fingerprints(entries: tuple) -> None:
+    """Take fingerprints another process computed (:func:`cached_fingerprints`). An entry is looked up
+    only for the same path, size and modification time, as this process's own entries are."""
+    _FINGERPRINT_CACHE.update(dict(entries))
+
+
 def fingerprint(files: list[Path]) -> str:
     """sha256 over the weight files' bytes (and their names), cached per path, size and mtime."""
-    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(files))
+    key = _fingerprint_key(files)
     if key not in _FINGERPRINT_CACHE:
         digest = hashlib.sha256()
         for p in sorted(files):

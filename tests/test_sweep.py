@@ -3,6 +3,8 @@ parameters, reruns that skip what is done, failures recorded with their reason."
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -204,3 +207,46 @@ def test_bad_arguments_and_files_are_refused(series, tmp_path):
         sweep.run(checkpoints, executor="local", workers=0, db=tmp_path / "x.duckdb")
     with pytest.raises(OrthoscopeError, match="no checkpoints"):
         sweep.run([], executor="serial", db=tmp_path / "x.duckdb")
+
+
+def test_a_worker_takes_the_drivers_fingerprints_instead_of_hashing_again(tmp_path, monkeypatch):
+    """The driver hashes every file once; a task carries those hashes (keyed by path, size and mtime),
+    so the worker that opens the checkpoint does not read it whole to fingerprint it, and a file
+    changed since is hashed afresh."""
+    from models import handle as handle_module
+
+    path = tmp_path / "step_1.safetensors"
+    save_file({"w": torch.randn(32, 16)}, str(path))
+    (task,) = sweep.plan([Checkpoint(str(path), path.name, 1)])
+    assert task.known and task.known[0][1] == task.fingerprints[0]
+    hashed = []
+
+    class Counting:  # models/handle.py's hashlib, counting the fingerprints it computes
+        @staticmethod
+        def sha256(*args):
+            hashed.append(args)
+            return hashlib.sha256(*args)
+
+    monkeypatch.setattr(handle_module, "hashlib", Counting)
+    handle_module._FINGERPRINT_CACHE.clear()  # as in a fresh worker process
+    assert sweep.run_task(task).status == "ok"
+    assert not hashed
+    handle_module._FINGERPRINT_CACHE.clear()
+    os.utime(path, ns=(1, 1))
+    assert sweep.run_task(task).status == "ok"
+    assert hashed
+
+
+def test_a_number_column_that_is_nan_in_every_row_reads_back_as_nan(tmp_path):
+    """Pure noise has no trusted power law, so mean_trusted_alpha is NaN in every checkpoint row: the
+    column must still be there when the rows are read back from the database."""
+    rng = np.random.default_rng(0)
+    members = []
+    for step in (1, 2):
+        path = tmp_path / f"step_{step}.safetensors"
+        save_file({"w": torch.tensor(rng.standard_normal((64, 32)), dtype=torch.float32)}, str(path))
+        members.append(Checkpoint(str(path), path.name, step))
+    result = sweep.run(members, executor="serial", db=tmp_path / "sweep.duckdb")
+    assert [r["trusted_layers"] for r in result.checkpoints] == [0, 0]
+    assert all(set(compare.CHECKPOINT_COLUMNS) <= set(r) for r in result.checkpoints)
+    assert all(np.isnan(r["mean_trusted_alpha"]) for r in result.checkpoints)
