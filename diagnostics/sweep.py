@@ -92,8 +92,8 @@ class SweepTask:
     params: ``CompareParams.to_dict()``; digest: :func:`params_digest` of it.
     error: set when a member could not be opened by the driver: the task is recorded as failed
     with this reason and never sent to a worker.
-    threads: BLAS and torch threads in the worker (1 when several workers share the cores; None
-    leaves the process's setting alone).
+    threads: BLAS and torch threads while the task runs (a sweep sets 1 on every executor, so every
+    executor gives the same digits; None leaves the process's setting alone).
     known: the driver's fingerprint cache entries of the members' files (path, size, mtime -> sha256),
     so a worker does not hash every byte again (a few hundred ms a checkpoint of MiniLM's size).
     """
@@ -253,8 +253,19 @@ def run_task(task: SweepTask) -> TaskOutcome:
 
 
 def _serial(tasks: list[SweepTask], workers: int, address: str | None) -> Iterator[tuple[SweepTask, TaskOutcome]]:
-    for task in tasks:
-        yield task, run_task(task)
+    """In this process, with its thread settings as the tasks ask while they run and as they were after."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    with threadpool_limits(tasks[0].threads if tasks and tasks[0].threads else None):
+        try:
+            for task in tasks:
+                if task.threads:
+                    torch.set_num_threads(task.threads)
+                yield task, run_task(dataclasses.replace(task, threads=None))
+        finally:
+            torch.set_num_threads(before)
 
 
 def _forkserver(start: bool = False):
@@ -632,7 +643,9 @@ def run(
     say = progress or (lambda fraction, message: None)
     say(0.0, f"{len(unique) - len(todo)} of {len(unique)} already in DB (skipped)")
     size = 1 if executor == "serial" else (workers or os.cpu_count() or 1)
-    threads = 1 if executor == "ray" or (executor == "local" and size > 1) else None
+    # One BLAS and torch thread on every executor: a reduction split over threads adds in another order,
+    # so the tables would differ in their last digits between a serial run and a pool's.
+    threads = 1
     run_id = uuid.uuid4().hex
     failed_early = [t for t in todo if t.error]
     dispatched = [dataclasses.replace(t, threads=threads) for t in todo if not t.error]
