@@ -56,6 +56,19 @@ def _metrics(page: Page) -> dict[str, str]:
     return out
 
 
+def _all_at_once(pages: list[Page], urls: list[str], done: str) -> list[dict[str, str]]:
+    """Open every session's page before waiting for any, so that they all run at the same time; then
+    each one's headline numbers once its metric ``done`` is shown."""
+    for page, url in zip(pages, urls):
+        page.goto(url, wait_until="commit", timeout=120_000)
+    shown = []
+    for page in pages:
+        page.bring_to_front()
+        expect(page.get_by_test_id("stMetricLabel").get_by_text(done, exact=True)).to_be_visible(timeout=300_000)
+        shown.append(_metrics(page))
+    return shown
+
+
 def _healthy(url: str) -> bool:
     with urllib.request.urlopen(f"{url}/_stcore/health", timeout=10) as resp:
         return resp.status == 200
@@ -69,23 +82,10 @@ def test_eight_sessions_get_the_same_numbers_from_a_healthy_server(browser: Brow
     pages = [c.new_page() for c in contexts]
     started = time.perf_counter()
     try:
-        # Every session opens its page before any waits, so the eight run at the same time.
-        for i, page in enumerate(pages):
-            extra = "&spectra_randomize=true" if i % 2 else ""
-            page.goto(f"{url}/spectra?model=builtin:minilm{extra}", wait_until="commit", timeout=120_000)
-        spectra = []
-        for page in pages:
-            page.bring_to_front()
-            expect(page.get_by_test_id("stMetricLabel").get_by_text(SPECTRA_DONE, exact=True)).to_be_visible(timeout=300_000)
-            spectra.append(_metrics(page))
+        spectra = _all_at_once(pages, [f"{url}/spectra?model=builtin:minilm{'&spectra_randomize=true' if i % 2 else ''}"
+                                       for i in range(SESSIONS)], SPECTRA_DONE)
         spectra_s = time.perf_counter() - started
-        for page in pages:
-            page.goto(f"{url}/directions?model=builtin:minilm", wait_until="commit", timeout=120_000)
-        directions = []
-        for page in pages:
-            page.bring_to_front()
-            expect(page.get_by_test_id("stMetricLabel").get_by_text(DIRECTIONS_DONE, exact=True)).to_be_visible(timeout=300_000)
-            directions.append(_metrics(page))
+        directions = _all_at_once(pages, [f"{url}/directions?model=builtin:minilm"] * SESSIONS, DIRECTIONS_DONE)
         total_s = time.perf_counter() - started
         assert _healthy(url)
         assert all(p.get_by_test_id("stException").count() == 0 for p in pages)
