@@ -125,7 +125,8 @@ def _show(result: compare.CompareResult) -> None:
     m[0].metric("Analysed", f"{s['ok']} of {s['checkpoints']}")
     m[1].metric("Failed", s["failed"])
     m[2].metric("Tasks computed / from the database", f"{s['computed']} / {s['reused']}")
-    m[3].metric("Executor", f"{s['executor']}, {s['workers']} worker{'s' * (s['workers'] != 1)}")
+    # The count as the value (a quarter-width metric cuts "local, 2 workers"), the executor in the label.
+    m[3].metric(f"Worker processes ({s['executor']})", s["workers"])
     st.caption(f"{guard.literal(result.model_name)} · {result.timings.get('total_s', 0):.1f} s · database "
                f"{guard.literal(s.get('db', ''))}")
     failed = charts.failed_members(result)

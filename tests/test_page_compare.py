@@ -55,7 +55,7 @@ def test_a_checkpoint_folder_is_swept_and_every_chart_drawn(run_folder):
     assert not errors(at), errors(at)
     metrics = _metrics(at)
     assert metrics["Analysed"] == "3 of 4" and metrics["Failed"] == "1"
-    assert metrics["Executor"] == "local, 2 workers"
+    assert metrics["Worker processes (local)"] == "2"
     # The corrupt checkpoint is named with its reason; the others were analysed all the same.
     (warning,) = [w.value for w in at.warning if "could not be analysed" in w.value]
     assert "- step_300.safetensors: " in warning and "not a checkpoint" in warning
@@ -82,7 +82,7 @@ def test_a_rerun_after_a_new_checkpoint_computes_only_what_is_new(run_folder):
     # Five checkpoint tasks: three stored by the first sweep; the new one, and the corrupt one tried again.
     assert metrics["Tasks computed / from the database"] == "2 / 3", metrics
     assert metrics["Analysed"] == "4 of 5"
-    assert metrics["Executor"] == "serial, 1 worker"
+    assert metrics["Worker processes (serial)"] == "1"
     assert len(at.get("plotly_chart")) == 3  # no base: no deltas, no overlaps
 
 
