@@ -24,7 +24,6 @@ This module never imports streamlit or plotly.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import math
@@ -41,7 +40,7 @@ import models
 from diagnostics import overview
 from diagnostics import spectra
 from diagnostics.power_law import fit_power_law
-from diagnostics.result import Result
+from diagnostics.result import Params, Result
 from models.checkpoints import Checkpoint
 from models.errors import OrthoscopeError
 
@@ -73,7 +72,7 @@ OVERLAP_COLUMNS = ("base", "a", "b", "name", "cosine", "subspace_overlap", "null
 
 
 @dataclass
-class CompareParams:
+class CompareParams(Params):
     """Options of a comparison.
 
     k: dimension of the top singular subspaces compared (principal angles and overlaps).
@@ -102,13 +101,6 @@ class CompareParams:
         if self.max_delta_evals_kept < 2:
             raise OrthoscopeError("max_delta_evals_kept must be at least 2.")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "CompareParams":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
     def spectra_params(self) -> spectra.SpectraParams:
         return spectra.SpectraParams(min_evals=self.min_evals, seed=self.seed)

@@ -47,6 +47,19 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+class Params:
+    """``to_dict`` / ``from_dict`` of a diagnostic's parameters dataclass. Keys it does not know (from
+    a report written by another version) are left out; its ``__post_init__`` checks the values."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
 @dataclasses.dataclass
 class Result:
     """Fields shared by every diagnostic's result."""

@@ -86,7 +86,6 @@ This module never imports streamlit or plotly.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import time
@@ -114,7 +113,7 @@ from diagnostics.power_law import (
     fitted_sample,
     goodness_of_fit,
 )
-from diagnostics.result import Result
+from diagnostics.result import Params, Result
 from models.errors import OrthoscopeError
 
 # Guard added to the probabilities in the spectral entropy (WeightWatcher's EPSILON).
@@ -154,7 +153,7 @@ _HEADLINE = [
 
 
 @dataclass
-class SpectraParams:
+class SpectraParams(Params):
     """Options of the spectra diagnostic (defaults follow WeightWatcher 0.7.7's ``analyze``).
 
     normalize: divide the eigenvalues by N (the ``1/N`` of the correlation matrix).
@@ -220,13 +219,6 @@ class SpectraParams:
         if not 0.5 <= self.ci_level < 1:
             raise OrthoscopeError("ci_level must be in [0.5, 1).")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "SpectraParams":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass
