@@ -291,6 +291,16 @@ def _np_load(data: bytes, name: str, text: bool = False):
         raise OrthoscopeError(f"{name} is not a readable NumPy file ({_short(exc)}).") from None
 
 
+def _the_array(names, name: str) -> str:
+    """Which of a file's arrays holds the embeddings: the one named ``embeddings``, else the only one."""
+    if "embeddings" in names:
+        return "embeddings"
+    if len(names) != 1:
+        raise OrthoscopeError(f"{name} holds {len(names)} arrays ({', '.join(sorted(names)[:5])}); keep one, or name "
+                              "it 'embeddings'.")
+    return next(iter(names))
+
+
 def _npz_array(data: bytes, name: str) -> np.ndarray:
     """The one array of an .npz (or the one named ``embeddings``), from the zip's declared sizes
     checked before anything is decompressed: a deflate bomb states the size it inflates to."""
@@ -304,14 +314,7 @@ def _npz_array(data: bytes, name: str) -> np.ndarray:
             members = {i.filename.removesuffix(".npy"): i for i in infos if not i.is_dir()}
             if not members:
                 raise OrthoscopeError(f"{name} holds no arrays.")
-            key = "embeddings" if "embeddings" in members else None
-            if key is None:
-                if len(members) != 1:
-                    raise OrthoscopeError(
-                        f"{name} holds {len(members)} arrays ({', '.join(sorted(members)[:5])}); keep one, or name it "
-                        "'embeddings'."
-                    )
-                key = next(iter(members))
+            key = _the_array(members, name)
             info = members[key]
             shown = f"{name}, array {key!r}"
             # The declared uncompressed size bounds what zipfile will inflate (it stops there).
@@ -360,13 +363,7 @@ def _safetensors_array(data: bytes, name: str) -> np.ndarray:
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     if not tensors:
         raise OrthoscopeError(f"{name} holds no tensors.")
-    key = "embeddings" if "embeddings" in tensors else None
-    if key is None:
-        if len(tensors) != 1:
-            raise OrthoscopeError(
-                f"{name} holds {len(tensors)} arrays ({', '.join(sorted(tensors)[:5])}); keep one, or name it 'embeddings'."
-            )
-        key = next(iter(tensors))
+    key = _the_array(tensors, name)
     entry, shown = tensors[key], f"{name}, tensor {key!r}"
     if not isinstance(entry, dict):
         raise OrthoscopeError(f"{shown}: its header entry is not an object.")
