@@ -39,6 +39,7 @@ from scipy import linalg
 import models
 from diagnostics import overview
 from diagnostics import spectra
+from diagnostics.directions import effective_rank, stable_rank
 from diagnostics.power_law import fit_power_law
 from diagnostics.result import Params, Result
 from models.checkpoints import Checkpoint
@@ -297,10 +298,9 @@ def delta_geometry(W_base, W_derived, k: int, *, min_evals: int = 8, max_evals_k
     tol = max(RELATIVE_FLOOR * float(s[0]), _rounding_floor(derived, roundoff))
     resolvable = s[s > tol]
     rank = int(resolvable.size)
-    p = resolvable / resolvable.sum()
     row = {
         "rel_size": rel_size, "delta_frobenius": frob,
-        "stable_rank": float(np.sum(s**2) / s[0] ** 2), "effective_rank": float(np.exp(-np.sum(p * np.log(p)))),
+        "stable_rank": stable_rank(torch.from_numpy(s)), "effective_rank": effective_rank(torch.from_numpy(resolvable)),
         "delta_rank": rank,
     }
     if base_norm > 0:
