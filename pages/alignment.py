@@ -69,7 +69,7 @@ def _model_b() -> tuple[adata.Embedder, tasks.ModelRef] | None:
             return None
         spec, cfg, max_mb, display = f"hf:{repo.removeprefix('hf:')}", None, None, None
     with st.spinner(f"Loading {guard.literal(display or spec)} ..."):
-        handle = model_picker._cached_load(spec, model_picker._stamp(spec), cfg, max_mb, display)
+        handle = model_picker._cached_load(spec, model_picker.stamp(spec), cfg, max_mb, display)
     return adata.embedder(handle), model_picker.ref_of(spec, cfg, max_mb, display)
 
 

@@ -116,7 +116,7 @@ def _models() -> Members | None:
 
 def _stamp(members: list[Checkpoint]) -> str:
     """Changes when any member's files do (sizes and times), so a rewritten checkpoint is swept again."""
-    return hashlib.sha256("\n".join(model_picker._stamp(m.spec) for m in members).encode()).hexdigest()
+    return hashlib.sha256("\n".join(model_picker.stamp(m.spec) for m in members).encode()).hexdigest()
 
 
 def _show(result: compare.CompareResult) -> None:

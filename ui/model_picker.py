@@ -37,7 +37,9 @@ def _is_upload(spec: str) -> bool:
     return uploads.is_upload(spec)
 
 
-def _stamp(spec: str) -> str:
+def stamp(spec: str) -> str:
+    """Changes when the files behind ``spec`` do (paths, sizes, modification times): part of a cache key,
+    so a rewritten checkpoint is loaded (or swept) again."""
     path = Path(spec)
     if spec.startswith(("builtin:", "hf:")) or not path.exists():
         return spec
@@ -146,7 +148,7 @@ def current_model() -> ModelHandle | None:
             return None
         spec, cfg, max_mb, display = picked
         with st.status(f"Loading {guard.literal(display or spec)} ...", expanded=False) as status:
-            handle = _cached_load(spec, _stamp(spec), cfg, max_mb, display)
+            handle = _cached_load(spec, stamp(spec), cfg, max_mb, display)
             status.update(label=f"Loaded {guard.literal(handle.name)}", state="complete")
     except OrthoscopeError as exc:
         guard.error(exc)
